@@ -1,0 +1,161 @@
+"""Desired-state model: what the manifests ask for, with defaults applied.
+
+Pure data: frozen dataclasses and enums, no kernel access, no pyroute2.
+The manifest layer builds a :class:`DesiredState`; IPAM (``reconciler.ipam``)
+fills in automatic subnets and addresses; ``reconciler.compile`` turns the
+result into kernel objects (``reconciler.objects``) that the planner diffs
+against what ``observe`` read from the kernel.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Tuple, Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+class Mode(enum.Enum):
+    """ipvlan mode; ``kernel`` is the IFLA_IPVLAN_MODE value."""
+
+    L2 = "l2"
+    L3 = "l3"
+    L3S = "l3s"
+
+    @property
+    def kernel(self) -> int:
+        return {"l2": 0, "l3": 1, "l3s": 2}[self.value]
+
+    @classmethod
+    def from_kernel(cls, value: int) -> "Mode":
+        return {0: cls.L2, 1: cls.L3, 2: cls.L3S}[value]
+
+
+class Flag(enum.Enum):
+    """ipvlan flag; ``kernel`` is the IFLA_IPVLAN_FLAGS value."""
+
+    BRIDGE = "bridge"
+    PRIVATE = "private"
+    VEPA = "vepa"
+
+    @property
+    def kernel(self) -> int:
+        return {"bridge": 0, "private": 1, "vepa": 2}[self.value]
+
+    @classmethod
+    def from_kernel(cls, value: int) -> "Flag":
+        return {0: cls.BRIDGE, 1: cls.PRIVATE, 2: cls.VEPA}[value & 3]
+
+
+class ParentKind(enum.Enum):
+    """How a network's parent link comes to exist."""
+
+    EXISTING = "existing"  # a host interface we use as is (eth0, bond0, a hand-made VLAN)
+    VLAN = "vlan"  # <link>.<vid>: created by us if absent, deleted when unused
+    DECLARED_VLAN = "declared-vlan"  # a name under `vlans:`: created and deleted by us
+    DUMMY = "dummy"  # no parent / internal: a private dummy link, created and deleted by us
+
+
+@dataclass(frozen=True, order=True)
+class Location:
+    """A position in a manifest file; line and col are 1-based."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+NOWHERE = Location("<none>", 0, 0)
+
+
+def dummy_parent_name(network: str) -> str:
+    """The dummy parent of an isolated network: ``di-`` + 12 hex of sha256(name)."""
+    return "di-" + hashlib.sha256(network.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Subnet:
+    cidr: Optional[IPNetwork]  # None: take one from the default pools (IPAM)
+    gateway: Optional[IPAddress] = None  # L2: defaulted to the first usable address
+    ip_range: Optional[IPNetwork] = None
+    aux_addresses: Tuple[Tuple[str, IPAddress], ...] = ()
+    auto: bool = False  # the cidr was (or will be) chosen by IPAM, not the user
+    loc: Location = field(default=NOWHERE, compare=False)
+
+    @property
+    def version(self) -> int:
+        assert self.cidr is not None
+        return self.cidr.version
+
+
+@dataclass(frozen=True)
+class Vlan:
+    """An 802.1Q link the reconciler creates and owns."""
+
+    name: str
+    link: str
+    vid: int
+    declared: bool = True  # under `vlans:` (True) or implied by a `<link>.<vid>` parent
+    loc: Location = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    mode: Mode = Mode.L2
+    flag: Flag = Flag.BRIDGE
+    parent: str = ""  # the resolved parent link name (dummy name when isolated)
+    parent_kind: ParentKind = ParentKind.DUMMY
+    internal: bool = False  # isolated: no parent given or internal: true
+    ipv6: bool = False
+    subnets: Tuple[Subnet, ...] = ()
+    loc: Location = field(default=NOWHERE, compare=False)
+
+    @property
+    def l3(self) -> bool:
+        return self.mode is not Mode.L2
+
+    def subnets_of(self, version: int) -> Tuple[Subnet, ...]:
+        return tuple(s for s in self.subnets if s.cidr is not None and s.cidr.version == version)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A container's interface on one network (eth0, eth1, ... in manifest order)."""
+
+    network: str
+    ifname: str
+    ip: Optional[IPAddress] = None  # None: automatic (IPAM)
+    ip6: Optional[IPAddress] = None
+    aliases: Tuple[str, ...] = ()
+    loc: Location = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    attachments: Tuple[Attachment, ...] = ()
+    loc: Location = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Warning_:
+    loc: Location
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.loc}: warning: {self.message}"
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    networks: Mapping[str, Network] = field(default_factory=dict)
+    vlans: Mapping[str, Vlan] = field(default_factory=dict)  # declared and implied VLANs
+    containers: Mapping[str, Container] = field(default_factory=dict)
+    warnings: Tuple[Warning_, ...] = ()
