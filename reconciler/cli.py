@@ -149,25 +149,174 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_implemented(name: str) -> int:
-    print(f"ipvlanctl {name}: not implemented yet", file=sys.stderr)
-    return 1
+def _load(paths):
+    from .manifest import load
+
+    return load(paths)
+
+
+def _kernel():
+    import os
+
+    from .errors import UserError
+
+    if os.geteuid() != 0:
+        raise UserError("this command changes or reads network namespaces and needs root "
+                        "(use `plan --offline` to plan unprivileged)")
+    from .kernel.host import Kernel
+
+    return Kernel()
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    return _not_implemented("plan")
+    from . import engine
+    from .render import render_json, render_text
+    from .state import StateStore
+
+    desired = _load(args.paths)
+    store = StateStore(args.state_dir)
+    if args.live_state and not args.offline:
+        raise ReconcilerError("--live-state needs --offline")
+    if args.offline:
+        live = engine.offline_live(args.live_state)
+        state = store.load() if args.live_state else engine.State()
+        planned = engine.plan_for(desired, live, state, offline=not args.live_state)
+    else:
+        with _kernel() as kernel:
+            state = store.load()
+            live, _ = engine.observe_host(kernel, state.intents)
+            planned = engine.plan_for(desired, live, state)
+    plan = planned.plan
+    sys.stdout.write(render_json(plan) if args.format == "json" else render_text(plan))
+    if args.detailed_exitcode:
+        return 0 if plan.empty else 2
+    return 0
+
+
+def _result_text(out) -> str:
+    lines = []
+    r = out.result
+    if r is not None:
+        for a, err in r.failed:
+            lines.append(f"Error: {err}")
+        if r.not_run:
+            lines.append(f"Not run because of the error: {len(r.not_run)} action(s)")
+        if out.rollback is not None:
+            rb = out.rollback
+            lines.append(f"Rolled back {len(rb.done)} action(s) of this run" +
+                         (f"; {len(rb.failed)} could not be undone:" if rb.failed else "."))
+            for a, err in rb.failed:
+                lines.append(f"  rollback error: {err}")
+        elif not r.ok:
+            lines.append(f"Left in place (--no-rollback): {len(r.done)} action(s) done before the error.")
+    add, change, destroy = out.plan.counts()
+    if r is not None and r.ok:
+        lines.append(f"Apply complete! Objects: {add} added, {change} changed, {destroy} destroyed.")
+    if out.verify is not None and not out.verify.empty:
+        from .render import render_text
+
+        lines.append("Verify: the host does not match the manifests after apply:")
+        lines.append(render_text(out.verify).rstrip())
+    elif out.verify is not None and r is not None and r.ok:
+        lines.append("Verified: the host matches the manifests.")
+    if out.plan.pending:
+        lines.append(f"{len(out.plan.pending)} object(s) pending on missing parents (exit status 3).")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _result_json(out) -> dict:
+    from .render import action_json, plan_json
+
+    def res(r):
+        if r is None:
+            return None
+        return {
+            "ok": r.ok,
+            "done": [action_json(a) for a in r.done],
+            "failed": [{"action": action_json(a), "error": e} for a, e in r.failed],
+            "not_run": [action_json(a) for a in r.not_run],
+        }
+
+    return {
+        "format_version": "1",
+        "plan": plan_json(out.plan),
+        "result": res(out.result),
+        "rollback": res(out.rollback),
+        "verify": plan_json(out.verify) if out.verify is not None else None,
+        "converged": out.converged,
+        "exit_code": out.exit_code,
+        "netlink_writes": out.netlink_writes,
+        "seconds": round(out.seconds, 6),
+        "phases": {k: round(v, 6) for k, v in out.phases.items()},
+    }
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    return _not_implemented("apply")
+    import json
+
+    from . import engine
+    from .render import render_text
+    from .state import StateStore
+
+    desired = _load(args.paths)
+    store = StateStore(args.state_dir)
+    with _kernel() as kernel:
+        out = engine.apply(desired, store, kernel, rollback=args.rollback, lock_timeout=args.lock_timeout)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(_result_json(out), indent=2) + "\n")
+    else:
+        if not (args.quiet and out.plan.empty and not out.plan.pending):
+            sys.stdout.write(render_text(out.plan))
+            sys.stdout.write(_result_text(out))
+    return out.exit_code
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    return _not_implemented("watch")
+    from .daemon.watch import run_watch
+
+    return run_watch(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    return _not_implemented("status")
+    import json
+
+    from . import engine
+    from .livestate import state_json
+    from .state import StateStore
+
+    store = StateStore(args.state_dir)
+    with _kernel() as kernel:
+        state = store.load()
+        live, _ = engine.observe_host(kernel, state.intents)
+    data = state_json(live)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return 0
+    sys.stdout.write(status_text(data))
+    return 0
+
+
+def status_text(data: dict) -> str:
+    s = data["summary"]
+    out = []
+    out.append(f"{'NETWORK':<20} {'PARENT':<16} {'MODE':<5} {'FLAG':<8} CONTAINERS")
+    for n in s["networks"]:
+        out.append(f"{n['name']:<20} {n['parent']:<16} {n['mode']:<5} {n['flag']:<8} {len(n['containers'])}")
+    out.append("")
+    out.append(f"{'CONTAINER':<20} {'IF':<6} {'NETWORK':<20} {'STATE':<6} ADDRESSES")
+    for c in s["containers"]:
+        if not c["interfaces"]:
+            out.append(f"{c['name']:<20} {'-':<6} {'-':<20} {'-':<6} -")
+        for i in c["interfaces"]:
+            out.append(
+                f"{c['name']:<20} {i['ifname']:<6} {i['network']:<20} {'up' if i['up'] else 'down':<6} "
+                f"{', '.join(i['addresses']) or '-'}"
+            )
+    extra = data.get("daemon")
+    if extra:
+        out.append("")
+        out.append(f"daemon: last reconcile {extra.get('last_reconcile')} result {extra.get('last_result')}")
+    return "\n".join(out) + "\n"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

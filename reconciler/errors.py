@@ -80,7 +80,8 @@ class KernelError(EnvironmentProblem):
 
     exit_code = 1
 
-    def __init__(self, operation: str, obj: str, errno_: int, detail: str = ""):
+    def __init__(self, operation: str, obj: str, errno_: int, detail: str = "", partial=None):
+        self.partial = partial
         self.operation = operation
         self.obj = obj
         self.errno = errno_

@@ -1,0 +1,235 @@
+"""Compile a resolved desired state into the kernel objects that realise it.
+
+Pure. Needs the host's links (facts) only to know which parents exist: a
+network whose parent is missing is *pending* -- it and its containers'
+attachments are left out (and left alone), everything else converges.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Set, Tuple
+
+from .model import DesiredState, Mode, Network, ParentKind
+from .objects import (
+    HOSTS_MARKER,
+    Address,
+    DummyLink,
+    Endpoint,
+    HostFacts,
+    HostsFile,
+    HostState,
+    KObject,
+    Netns,
+    Route,
+    Sysctl,
+    VlanLink,
+)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Something that cannot be realised until the host changes (a parent appears)."""
+
+    what: str  # "network db_net" / "container c1 on network db_net" / "vlan eth0.20"
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Compiled:
+    desired: HostState
+    pending: Tuple[Pending, ...] = ()
+    # keys of live objects that belong to pending work and must be left alone
+    protected_networks: frozenset = field(default_factory=frozenset)
+    problems: Tuple[str, ...] = ()
+
+
+def _ipv6_default_dst() -> ipaddress.IPv6Network:
+    return ipaddress.IPv6Network("::/0")
+
+
+DEFAULT_DST = {4: ipaddress.IPv4Network("0.0.0.0/0"), 6: ipaddress.IPv6Network("::/0")}
+
+
+def compile_state(desired: DesiredState, facts: Optional[HostFacts], offline: bool = False) -> Compiled:
+    """``facts`` None or ``offline``: assume every existing-kind parent is present."""
+    objs: List[KObject] = []
+    pending: List[Pending] = []
+    problems: List[str] = []
+    links = facts.links if facts is not None else {}
+
+    def link_exists(name: str) -> bool:
+        return offline or name in links
+
+    # ---- VLAN links and parents ----------------------------------------------------------
+    used_parents = {n.parent for n in desired.networks.values()}
+    vlan_ok: Dict[str, bool] = {}
+
+    def vlan_ready(name: str, seen: Tuple[str, ...] = ()) -> bool:
+        if name in vlan_ok:
+            return vlan_ok[name]
+        v = desired.vlans[name]
+        if v.link in seen:
+            problems.append(f"vlan {name}: link cycle {' -> '.join(seen + (name, v.link))}")
+            vlan_ok[name] = False
+            return False
+        if v.link in desired.vlans:
+            ok = vlan_ready(v.link, seen + (name,))
+        else:
+            ok = link_exists(v.link)
+        vlan_ok[name] = ok
+        return ok
+
+    for v in desired.vlans.values():
+        if not v.declared and v.name not in used_parents:
+            continue  # an implied VLAN exists only while a network uses it
+        if not vlan_ready(v.name):
+            pending.append(Pending(f"vlan {v.name}", f"its link {v.link} does not exist"))
+            continue
+        objs.append(VlanLink(name=v.name, link=v.link, vid=v.vid))
+
+    ready_networks: Dict[str, Network] = {}
+    protected: Set[str] = set()
+    for net in desired.networks.values():
+        if net.parent_kind is ParentKind.DUMMY:
+            objs.append(DummyLink(name=net.parent))
+            ready_networks[net.name] = net
+        elif net.parent_kind in (ParentKind.VLAN, ParentKind.DECLARED_VLAN):
+            if vlan_ready(net.parent):
+                ready_networks[net.name] = net
+            else:
+                protected.add(net.name)
+                pending.append(Pending(f"network {net.name}", f"parent {net.parent} cannot be created: its link {desired.vlans[net.parent].link} does not exist"))
+        else:
+            if link_exists(net.parent):
+                ready_networks[net.name] = net
+            else:
+                protected.add(net.name)
+                pending.append(Pending(f"network {net.name}", f"parent {net.parent} does not exist"))
+
+    # plan-time checks that need the host: addresses on the parent
+    if facts is not None:
+        for net in ready_networks.values():
+            parent = links.get(net.parent)
+            if parent is None:
+                continue
+            paddrs = [a.ip for a in parent.addresses]
+            for s in net.subnets:
+                if s.cidr is None:
+                    continue
+                if net.l3:
+                    hit = [str(a) for a in paddrs if a.version == s.cidr.version and a in s.cidr]
+                    if hit:
+                        problems.append(
+                            f"network {net.name} ({net.loc}): {net.mode.value} subnet {s.cidr} overlaps "
+                            f"the parent {net.parent}'s own address {', '.join(hit)}; L3 needs a subnet apart "
+                            "from the host's"
+                        )
+
+    # ---- containers ------------------------------------------------------------------------
+    peers: Dict[str, List[Tuple[str, object, object, Tuple[str, ...]]]] = {}
+    for c in desired.containers.values():
+        for att in c.attachments:
+            peers.setdefault(att.network, []).append((c.name, att.ip, att.ip6, att.aliases))
+
+    parent_addr_index = {
+        name: {a.ip for a in l.addresses} for name, l in links.items()
+    } if facts is not None else {}
+
+    for c in desired.containers.values():
+        objs.append(Netns(name=c.name))
+        defaults: Dict[int, Tuple[int, Route]] = {}
+        route_objs: Dict[str, Route] = {}
+        for position, att in enumerate(c.attachments):
+            net = desired.networks[att.network]
+            if att.network not in ready_networks:
+                pending.append(Pending(f"container {c.name} on network {att.network}", "waiting for the network's parent"))
+                continue
+            for ip in (att.ip, att.ip6):
+                if ip is not None and ip in parent_addr_index.get(net.parent, ()):
+                    problems.append(
+                        f"container {c.name} ({att.loc}): address {ip} is already present on the parent {net.parent}"
+                    )
+            objs.append(
+                Endpoint(
+                    ns=c.name,
+                    ifname=att.ifname,
+                    parent=net.parent,
+                    mode=net.mode,
+                    flag=net.flag,
+                    network=net.name,
+                )
+            )
+            objs.append(Sysctl(ns=c.name, ifname=att.ifname, name="disable_ipv6", value=0 if net.ipv6 else 1))
+            for fam, ip in ((4, att.ip), (6, att.ip6)):
+                if ip is None:
+                    continue
+                sub = next((s for s in net.subnets_of(fam) if ip in s.cidr), None)
+                if sub is None:
+                    problems.append(f"container {c.name}: {ip} is in no subnet of network {net.name}")
+                    continue
+                objs.append(
+                    Address(ns=c.name, ifname=att.ifname, address=ipaddress.ip_interface(f"{ip}/{sub.cidr.prefixlen}"))
+                )
+                # default route candidate: non-internal first, then attachment order
+                if net.l3:
+                    cand = Route(ns=c.name, dst=DEFAULT_DST[fam], gateway=None, ifname=att.ifname)
+                elif not net.internal and sub.gateway is not None:
+                    cand = Route(ns=c.name, dst=DEFAULT_DST[fam], gateway=sub.gateway, ifname=att.ifname)
+                else:
+                    cand = None
+                if cand is not None:
+                    rank = (1 if net.internal else 0, position)
+                    if fam not in defaults or rank < defaults[fam][0]:
+                        defaults[fam] = (rank, cand)
+                # L3: every other subnet of the network is reachable through this interface
+                if net.l3:
+                    for s in net.subnets_of(fam):
+                        if s is sub or ip in s.cidr:
+                            continue
+                        r = Route(ns=c.name, dst=s.cidr, gateway=None, ifname=att.ifname)
+                        route_objs.setdefault(str(r.dst), r)
+        for fam in sorted(defaults):
+            r = defaults[fam][1]
+            route_objs[str(r.dst)] = r
+        objs.extend(route_objs.values())
+        objs.append(HostsFile(ns=c.name, content=hosts_content(c.name, c.attachments, peers)))
+
+    return Compiled(
+        desired=HostState(objs),
+        pending=tuple(pending),
+        protected_networks=frozenset(protected),
+        problems=tuple(problems),
+    )
+
+
+def hosts_content(name: str, attachments, peers) -> str:
+    """/etc/hosts for a container: itself, then every container sharing a network."""
+    lines = [
+        HOSTS_MARKER,
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+    ]
+    seen = set()
+    # own addresses first, so the container's name resolves to itself
+    for att in attachments:
+        for ip in (att.ip, att.ip6):
+            if ip is not None:
+                line = f"{ip}\t{' '.join((name,) + tuple(att.aliases))}"
+                if line not in seen:
+                    seen.add(line)
+                    lines.append(line)
+    for att in attachments:
+        for other, ip, ip6, aliases in peers.get(att.network, ()):
+            if other == name:
+                continue
+            for addr in (ip, ip6):
+                if addr is not None:
+                    line = f"{addr}\t{' '.join((other,) + tuple(aliases))}"
+                    if line not in seen:
+                        seen.add(line)
+                        lines.append(line)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,197 @@
+"""The pipeline: manifest -> observe -> ipam -> compile -> plan -> apply -> verify.
+
+The CLI and the daemon both go through here. Kernel modules are imported only
+when the kernel is used, so `plan --offline` runs unprivileged anywhere.
+"""
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+
+from . import ipam
+from .compile import compile_state
+from .errors import Bug, PlanError
+from .livestate import load_state_json
+from .model import DesiredState
+from .objects import Address, Endpoint, HostState, Key, Kind
+from .plan import Op, Plan, make_plan
+from .state import State, StateStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kernel.apply import ApplyResult
+    from .kernel.host import Kernel, Snapshot
+
+
+def machine_id() -> str:
+    for p in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(p) as f:
+                v = f.read().strip()
+                if v:
+                    return v
+        except OSError:
+            continue
+    return ""
+
+
+def ipam_facts(live: HostState) -> ipam.IpamFacts:
+    parent_addrs = {name: tuple(a.ip for a in l.addresses) for name, l in live.facts.links.items()}
+    net_of: Dict[Tuple[str, str], str] = {}
+    for o in live.of_kind(Kind.ENDPOINT):
+        assert isinstance(o, Endpoint)
+        net_of[(o.ns, o.ifname)] = o.network
+    live_addrs: Dict[Tuple[str, str], List[object]] = {}
+    for o in live.of_kind(Kind.ADDRESS):
+        assert isinstance(o, Address)
+        net = net_of.get((o.ns, o.ifname))
+        if net:
+            live_addrs.setdefault((o.ns, net), []).append(o.address)
+    return ipam.IpamFacts(
+        host_routes=live.facts.routes,
+        parent_addresses=parent_addrs,
+        live_addresses={k: tuple(v) for k, v in live_addrs.items()},
+        machine_id=machine_id(),
+    )
+
+
+@dataclass(frozen=True)
+class Planned:
+    plan: Plan
+    resolved: DesiredState
+    allocations: ipam.Allocations
+
+
+def plan_for(desired: DesiredState, live: HostState, state: State, offline: bool = False) -> Planned:
+    resolved, allocations = ipam.resolve(desired, ipam_facts(live), state.allocations)
+    compiled = compile_state(resolved, live.facts, offline=offline)
+    warnings = [str(w) for w in desired.warnings]
+    if state.problem:
+        warnings.append(state.problem)
+    plan = make_plan(
+        compiled.desired,
+        live,
+        pending=compiled.pending,
+        protected_networks=compiled.protected_networks,
+        warnings=warnings,
+        problems=compiled.problems,
+    )
+    return Planned(plan=plan, resolved=resolved, allocations=allocations)
+
+
+def offline_live(live_state_file: Optional[str]) -> HostState:
+    if not live_state_file:
+        return HostState()
+    with open(live_state_file, encoding="utf-8") as f:
+        return load_state_json(f.read(), live_state_file)
+
+
+def observe_host(kernel: "Kernel", intents: Sequence[Key] = ()) -> Tuple[HostState, "Snapshot"]:
+    from .kernel.handlers import observe
+    from .objects import MARKER
+
+    intent_ns = {k[1] for k in intents if k[0] is Kind.NETNS}
+
+    def is_ours(name, links) -> bool:
+        if name in intent_ns:
+            return True
+        return any(l.name == "lo" and l.alias == MARKER for l in links)
+
+    snap = kernel.snapshot(is_ours)
+    return observe(snap, intents), snap
+
+
+@dataclass
+class ApplyOutcome:
+    plan: Plan
+    result: Optional["ApplyResult"] = None
+    rollback: Optional["ApplyResult"] = None
+    verify: Optional[Plan] = None
+    netlink_writes: int = 0
+    seconds: float = 0.0
+    phases: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def converged(self) -> bool:
+        return (self.result is None or self.result.ok) and self.verify is not None and self.verify.empty
+
+    @property
+    def exit_code(self) -> int:
+        if not self.converged:
+            return 1
+        return 3 if self.plan.pending else 0
+
+
+def apply(
+    desired: DesiredState,
+    store: StateStore,
+    kernel: "Kernel",
+    rollback: bool = True,
+    lock_timeout: float = 60.0,
+) -> ApplyOutcome:
+    """Observe, plan, execute, verify -- under the writer lock."""
+    from .kernel.apply import execute, rollback_plan
+
+    t0 = time.monotonic()
+    phases: Dict[str, float] = {}
+    with store.lock(lock_timeout):
+        state = store.load()
+        t = time.monotonic()
+        live, snap = observe_host(kernel, state.intents)
+        phases["observe"] = time.monotonic() - t
+        t = time.monotonic()
+        planned = plan_for(desired, live, state)
+        phases["plan"] = time.monotonic() - t
+        plan = planned.plan
+        writes_before = kernel.counter.count
+        out = ApplyOutcome(plan=plan)
+        if plan.empty:
+            if planned.allocations != state.allocations or state.intents or state.problem:
+                store.save(State(allocations=planned.allocations))
+            out.verify = plan_verify(plan)
+            out.netlink_writes = kernel.counter.count - writes_before
+            out.seconds = time.monotonic() - t0
+            out.phases = phases
+            return out
+        # write-ahead: what we are about to create, so a kill mid-way leaves no orphan
+        intents = tuple(a.key for a in plan.actions if a.op in (Op.CREATE, Op.REPLACE)
+                        and a.kind in (Kind.VLAN, Kind.DUMMY, Kind.NETNS, Kind.ENDPOINT))
+        store.save(State(allocations=_merge_alloc(state.allocations, planned.allocations), intents=intents))
+        t = time.monotonic()
+        result = execute(plan.actions, kernel, snap)
+        phases["apply"] = time.monotonic() - t
+        out.result = result
+        if not result.ok and rollback and result.done:
+            live2, snap2 = observe_host(kernel, intents)
+            out.rollback = execute(rollback_plan(result.done), kernel, snap2)
+        t = time.monotonic()
+        live_after, _ = observe_host(kernel, intents)
+        verify_state = State(allocations=planned.allocations)
+        try:
+            out.verify = plan_for(desired, live_after, verify_state).plan
+        except PlanError as e:
+            raise Bug(f"verification could not plan after apply: {e}")
+        phases["verify"] = time.monotonic() - t
+        if result.ok:
+            store.save(State(allocations=planned.allocations))
+        else:
+            store.save(State(allocations=_merge_alloc(state.allocations, planned.allocations), intents=intents))
+        out.netlink_writes = kernel.counter.count - writes_before
+        out.seconds = time.monotonic() - t0
+        out.phases = phases
+        return out
+
+
+def plan_verify(plan: Plan) -> Plan:
+    return Plan(pending=plan.pending)
+
+
+def _merge_alloc(old: ipam.Allocations, new: ipam.Allocations) -> ipam.Allocations:
+    """While a run is in flight keep both old and new choices reserved."""
+    subnets = dict(old.subnets)
+    subnets.update(new.subnets)
+    addresses = {c: dict(n) for c, n in old.addresses.items()}
+    for c, nets in new.addresses.items():
+        addresses.setdefault(c, {}).update(nets)
+    return ipam.Allocations(ula48=new.ula48 or old.ula48, subnets=subnets, addresses=addresses)

@@ -1,0 +1,213 @@
+"""The executor: runs a plan's actions, in order, through the kind handlers.
+
+Actions are cut into stages: a run of consecutive actions of one kind (and
+one phase of the plan: deletions or the rest) in which no action depends on
+another. A stage's netlink requests are pipelined: queued per socket and
+phase, sent in chunks, and their ACKs collected before the next stage. The
+executor never decides anything: it executes the plan value it is given.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Set, Tuple
+
+from ..errors import KernelError, ReconcilerError
+from ..objects import Key, Kind
+from ..plan import Action, Op, Plan
+from .handlers import HANDLERS
+from .host import Kernel, Snapshot
+from .netlink import NetlinkSocket, Request
+
+
+@dataclass
+class ApplyResult:
+    done: List[Action] = field(default_factory=list)
+    failed: List[Tuple[Action, str]] = field(default_factory=list)
+    not_run: List[Action] = field(default_factory=list)
+    rolled_back: List[Action] = field(default_factory=list)
+    rollback_failed: List[Tuple[Action, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class Ctx:
+    """What handlers need while executing one stage."""
+
+    def __init__(self, kernel: Kernel, snapshot: Snapshot):
+        self.kernel = kernel
+        self.host_links: Dict[str, int] = {l.name: l.index for l in snapshot.host.links}
+        self.ns_links: Dict[str, Dict[str, int]] = {
+            name: {l.name: l.index for l in view.links} for name, view in snapshot.namespaces.items()
+        }
+        self.ns_next_index: Dict[str, int] = {}
+        self.new_netns: Set[str] = set()
+        self.host_links_changed = False
+        self.current: Optional[Key] = None
+        self._queues: Dict[int, List[Tuple[NetlinkSocket, Request]]] = {}
+        self._fds: Dict[str, int] = {}
+        self.failed: Dict[Key, str] = {}
+
+    # lookups --------------------------------------------------------------------------------
+    def host_index(self, name: str) -> int:
+        idx = self.host_links.get(name)
+        if idx is None:
+            raise KernelError("find link", name, errno.ENODEV)
+        return idx
+
+    def refresh_host_links(self) -> None:
+        self.host_links = {l.name: l.index for l in self.kernel.host.dump_links()}
+        self.host_links_changed = False
+
+    def ifindex(self, ns: str, ifname: str) -> Optional[int]:
+        return self.ns_links.get(ns, {}).get(ifname)
+
+    def alloc_ifindex(self, ns: str, ifname: str) -> int:
+        """Pick the new link's ifindex ourselves, so the requests that follow can name
+        it without asking the kernel. The kernel looks a NEWLINK's ifindex up in the
+        *sending* socket's namespace (the host's) before creating the link in the
+        target, so the index must be free in both: above every host index and every
+        index of the target namespace, and never reused within a run."""
+        links = self.ns_links.setdefault(ns, {"lo": 1})
+        host_max = max(self.host_links.values(), default=1)
+        nxt = max(self.ns_next_index.get(ns, 0), max(list(links.values()) + [1]) + 1, host_max + 1)
+        links[ifname] = nxt
+        self.ns_next_index[ns] = nxt + 1
+        return nxt
+
+    def forget_ifindex(self, ns: str, ifname: str) -> None:
+        links = self.ns_links.get(ns, {})
+        idx = links.pop(ifname, None)
+        if idx is not None:
+            self.ns_next_index[ns] = max(self.ns_next_index.get(ns, 0), idx + 1, max(list(links.values()) + [1]) + 1)
+
+    def ns_fd(self, ns: str) -> int:
+        fd = self._fds.get(ns)
+        if fd is None:
+            try:
+                fd = os.open(self.kernel.ns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise KernelError("open namespace", ns, e.errno or errno.EIO)
+            self._fds[ns] = fd
+        return fd
+
+    def ns_socket(self, ns: str) -> NetlinkSocket:
+        return self.kernel.ns_socket(ns)
+
+    # work -----------------------------------------------------------------------------------
+    def queue(self, sock: NetlinkSocket, phase: int, data, operation: str, obj: str, ok=()) -> None:
+        if data is None:
+            return
+        req = Request(data=data, operation=operation, obj=obj, ok_errnos=tuple(ok), action=self.current)
+        self._queues.setdefault(phase, []).append((sock, req))
+
+    def sysctl(self, ns: str, path: str, value: str, key: Key) -> None:
+        self.kernel.write_sysctls(ns, [(path, value)])
+
+    def done_immediately(self, key: Key) -> None:
+        pass
+
+    def flush(self) -> None:
+        """Send every queued request, phase by phase, and record failures per action."""
+        try:
+            for phase in sorted(self._queues):
+                by_sock: Dict[int, Tuple[NetlinkSocket, List[Request]]] = {}
+                for sock, req in self._queues[phase]:
+                    by_sock.setdefault(id(sock), (sock, []))[1].append(req)
+                for sock, reqs in by_sock.values():
+                    for r in reqs:
+                        sock.queue_request(r)
+                    sock.flush()
+                    for r in reqs:
+                        if r.error is not None:
+                            self.failed.setdefault(r.action, str(r.error))
+                if self.failed:
+                    break
+        finally:
+            self._queues.clear()
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+        if self.host_links_changed:
+            self.refresh_host_links()
+
+
+def _stages(actions: Tuple[Action, ...]) -> List[List[Action]]:
+    stages: List[List[Action]] = []
+    cur: List[Action] = []
+    cur_keys: Set[Key] = set()
+    cur_sig = None
+    for a in actions:
+        sig = (a.op is Op.DELETE, a.kind)
+        depends = any(dep in cur_keys for dep in a.obj.requires())
+        if cur and (sig != cur_sig or depends):
+            stages.append(cur)
+            cur, cur_keys = [], set()
+        cur.append(a)
+        cur_keys.add(a.key)
+        cur_sig = sig
+    if cur:
+        stages.append(cur)
+    return stages
+
+
+def _dispatch(ctx: Ctx, a: Action) -> None:
+    h = HANDLERS[a.kind]
+    ctx.current = a.key
+    if a.op is Op.CREATE:
+        h.create(ctx, a.after)
+    elif a.op is Op.DELETE:
+        h.delete(ctx, a.before)
+    elif a.op is Op.UPDATE:
+        h.update(ctx, a.before, a.after)
+    else:
+        h.replace(ctx, a.before, a.after)
+
+
+def execute(actions: Tuple[Action, ...], kernel: Kernel, snapshot: Snapshot) -> ApplyResult:
+    """Run actions in order; stop at the first stage with a failure."""
+    ctx = Ctx(kernel, snapshot)
+    result = ApplyResult()
+    stages = _stages(actions)
+    for i, stage in enumerate(stages):
+        ran = 0
+        for a in stage:
+            try:
+                _dispatch(ctx, a)
+            except ReconcilerError as e:
+                ctx.failed.setdefault(a.key, str(e))
+                break
+            except OSError as e:
+                ctx.failed.setdefault(a.key, f"{a.op.value} {a.kind.label} {a.obj.describe()}: {e.strerror or e}")
+                break
+            finally:
+                ran += 1
+        ctx.flush()
+        for j, a in enumerate(stage):
+            if a.key in ctx.failed:
+                result.failed.append((a, ctx.failed[a.key]))
+            elif j >= ran:
+                result.not_run.append(a)
+            else:
+                result.done.append(a)
+        if ctx.failed:
+            for later in stages[i + 1 :]:
+                result.not_run.extend(later)
+            break
+    return result
+
+
+def inverse(a: Action) -> Action:
+    if a.op is Op.CREATE:
+        return Action(Op.DELETE, a.key, a.after, None)
+    if a.op is Op.DELETE:
+        return Action(Op.CREATE, a.key, None, a.before)
+    return Action(a.op, a.key, a.after, a.before, a.changes, "rollback")
+
+
+def rollback_plan(done: List[Action]) -> Tuple[Action, ...]:
+    """Undo what this run did, newest first (children before parents)."""
+    return tuple(inverse(a) for a in reversed(done) if a.kind is not Kind.SYSCTL or a.op is not Op.CREATE)

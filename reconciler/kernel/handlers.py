@@ -1,0 +1,415 @@
+"""One handler per object kind: how it is observed, created, deleted and updated.
+
+The pure side of each kind (identity, diff rules, description) is in
+``reconciler.objects``; this is the kernel side. Handlers never decide what to
+do -- the plan did -- they only translate one action into kernel requests.
+Requests are queued on a socket in a numbered *phase*; the executor
+(``reconciler.kernel.apply``) sends every queued request of phase 0 for all
+sockets, collects the ACKs, then phase 1, and so on. That keeps the kernel's
+ordering rules (a link must exist before its address) while pipelining
+thousands of requests.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
+
+from ..model import Flag, Mode
+from ..objects import (
+    HOSTS_MARKER,
+    MARKER,
+    RTPROT,
+    Address,
+    DummyLink,
+    Endpoint,
+    HostFacts,
+    HostLink,
+    HostsFile,
+    HostState,
+    Key,
+    Kind,
+    KObject,
+    Netns,
+    Route,
+    Sysctl,
+    VlanLink,
+)
+from . import netlink as nl
+from .host import Snapshot
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .apply import Ctx
+
+_LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/10")
+
+
+def _fam(version: int) -> int:
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+# =================================================================================================
+# observe
+# =================================================================================================
+def observe(snap: Snapshot, intents: Iterable[Key] = ()) -> HostState:
+    """Turn one snapshot into our objects plus host facts.
+
+    Ownership comes from kernel markers (link alias, the alias on a namespace's lo,
+    our route protocol, the hosts file's first line). ``intents`` -- keys the last
+    run was about to create, from the state directory -- also count as ours, so a
+    run killed between creating an object and marking it does not orphan it."""
+    intents = set(intents)
+    objs: List[KObject] = []
+    host = snap.host
+    by_index = host.link_by_index()
+    addrs_by_index: Dict[int, list] = {}
+    for a in host.addrs:
+        addrs_by_index.setdefault(a.index, []).append(ipaddress.ip_interface(f"{a.address}/{a.prefixlen}"))
+
+    links: Dict[str, HostLink] = {}
+    for l in host.links:
+        kind_key = (Kind.VLAN if l.kind == "vlan" else Kind.DUMMY, l.name)
+        marked = l.alias == MARKER
+        owned = l.kind in ("vlan", "dummy") and (marked or kind_key in intents)
+        lower = by_index.get(l.link).name if l.link and l.link in by_index and l.link_netnsid is None else None
+        links[l.name] = HostLink(
+            name=l.name,
+            index=l.index,
+            kind=l.kind,
+            up=l.up,
+            owned=owned,
+            vid=l.vid,
+            link=lower,
+            addresses=tuple(addrs_by_index.get(l.index, ())),
+        )
+        if owned and l.kind == "vlan":
+            objs.append(VlanLink(name=l.name, link=lower or f"#{l.link}", vid=l.vid or 0, up=l.up, marked=marked))
+        elif owned and l.kind == "dummy":
+            objs.append(DummyLink(name=l.name, up=l.up, marked=marked))
+
+    host_routes = []
+    for r in host.routes:
+        if r.table == nl.RT_TABLE_MAIN and r.dst_len > 0 and r.dst and r.type == nl.RTN_UNICAST:
+            try:
+                host_routes.append(ipaddress.ip_network(f"{r.dst}/{r.dst_len}", strict=False))
+            except ValueError:
+                pass
+
+    foreign_netns: List[str] = []
+    foreign_links: Dict[Tuple[str, str], str] = {}
+    owned_ns: Set[str] = set()
+    for name, view in snap.namespaces.items():
+        lo = view.link_named("lo")
+        marked = lo is not None and lo.alias == MARKER
+        if not (marked or (Kind.NETNS, name) in intents):
+            foreign_netns.append(name)
+            continue
+        owned_ns.add(name)
+        objs.append(Netns(name=name, lo_up=bool(lo and lo.up), marked=marked, broken=view.broken))
+        if view.broken:
+            continue
+        names_by_index: Dict[int, str] = {}
+        for l in view.links:
+            if l.name == "lo":
+                continue
+            is_ours = l.kind == "ipvlan" and (
+                l.alias.startswith(MARKER) or (Kind.ENDPOINT, name, l.name) in intents
+            )
+            if not is_ours:
+                foreign_links[(name, l.name)] = l.kind or "link"
+                continue
+            names_by_index[l.index] = l.name
+            parent = by_index.get(l.link)
+            network = ""
+            if l.alias.startswith(MARKER + " net="):
+                network = l.alias[len(MARKER + " net=") :]
+            objs.append(
+                Endpoint(
+                    ns=name,
+                    ifname=l.name,
+                    parent=parent.name if parent is not None else f"#{l.link}",
+                    mode=Mode.from_kernel(l.ipvlan_mode or 0),
+                    flag=Flag.from_kernel(l.ipvlan_flags or 0),
+                    network=network,
+                    up=l.up,
+                )
+            )
+            if l.disable_ipv6 is not None:
+                objs.append(Sysctl(ns=name, ifname=l.name, name="disable_ipv6", value=l.disable_ipv6))
+        for a in view.addrs:
+            ifname = names_by_index.get(a.index)
+            if ifname is None:
+                continue
+            iface = ipaddress.ip_interface(f"{a.address}/{a.prefixlen}")
+            if iface.version == 6 and iface.ip in _LINK_LOCAL6:
+                continue
+            objs.append(Address(ns=name, ifname=ifname, address=iface))
+        for r in view.routes:
+            if r.table != nl.RT_TABLE_MAIN or r.protocol != RTPROT:
+                continue
+            ifname = names_by_index.get(r.oif or -1, f"#{r.oif}")
+            zero = "0.0.0.0" if r.family == socket.AF_INET else "::"
+            objs.append(
+                Route(
+                    ns=name,
+                    dst=ipaddress.ip_network(f"{r.dst or zero}/{r.dst_len}", strict=False),
+                    gateway=ipaddress.ip_address(r.gateway) if r.gateway else None,
+                    ifname=ifname,
+                )
+            )
+
+    for name, content in snap.hosts_files.items():
+        objs.append(HostsFile(ns=name, content=content, owned=content.startswith(HOSTS_MARKER)))
+
+    facts = HostFacts(
+        links=links,
+        routes=tuple(host_routes),
+        foreign_netns=tuple(sorted(foreign_netns)),
+        foreign_links=foreign_links,
+    )
+    return HostState(objs, facts)
+
+
+# =================================================================================================
+# actions
+# =================================================================================================
+class Handler:
+    kind: Kind
+
+    def create(self, ctx: "Ctx", obj: KObject, phase: int = 0) -> None:
+        raise NotImplementedError
+
+    def delete(self, ctx: "Ctx", obj: KObject, phase: int = 0) -> None:
+        raise NotImplementedError
+
+    def update(self, ctx: "Ctx", before: KObject, after: KObject) -> None:
+        raise NotImplementedError
+
+    def replace(self, ctx: "Ctx", before: KObject, after: KObject) -> None:
+        self.delete(ctx, before, phase=0)
+        self.create(ctx, after, phase=1)
+
+
+def _link_flags_alias(name: str, up: Optional[bool], alias: Optional[str], index: int = 0) -> bytearray:
+    body = nl.ifinfo(index=index, flags=nl.IFF_UP if up else 0, change=nl.IFF_UP if up is not None else 0)
+    if not index:
+        body += nl.attr_str(nl.IFLA_IFNAME, name)
+    if alias is not None:
+        body += nl.attr_str(nl.IFLA_IFALIAS, alias)
+    return nl.request(nl.RTM_NEWLINK, 0, body)
+
+
+class HostLinkHandler(Handler):
+    """VLAN and dummy links in the host namespace (always addressed by name)."""
+
+    info_kind = ""
+
+    def info_data(self, obj: KObject) -> bytes:
+        return b""
+
+    def create(self, ctx: "Ctx", obj: KObject, phase: int = 0) -> None:
+        body = nl.ifinfo(flags=nl.IFF_UP, change=nl.IFF_UP) + nl.attr_str(nl.IFLA_IFNAME, obj.name)
+        lower = getattr(obj, "link", None)
+        if lower is not None:
+            body += nl.attr_u32(nl.IFLA_LINK, ctx.host_index(lower))
+        info = nl.attr_str(nl.IFLA_INFO_KIND, self.info_kind)
+        data = self.info_data(obj)
+        if data:
+            info += nl.nested(nl.IFLA_INFO_DATA, data)
+        body += nl.nested(nl.IFLA_LINKINFO, info)
+        what = f"{self.kind.label} {obj.name}"
+        ctx.queue(ctx.kernel.host, phase, nl.request(nl.RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, body), "create", what)
+        # the kernel ignores IFLA_IFALIAS on creation: mark it right after, same socket
+        ctx.queue(ctx.kernel.host, phase, _link_flags_alias(obj.name, None, MARKER), "mark", what)
+        ctx.host_links_changed = True
+
+    def delete(self, ctx: "Ctx", obj: KObject, phase: int = 0) -> None:
+        body = nl.ifinfo() + nl.attr_str(nl.IFLA_IFNAME, obj.name)
+        ctx.queue(ctx.kernel.host, phase, nl.request(nl.RTM_DELLINK, 0, body), "delete", f"{self.kind.label} {obj.name}",
+                  ok=(errno.ENODEV,))
+        ctx.host_links_changed = True
+
+    def update(self, ctx: "Ctx", before: KObject, after: KObject) -> None:
+        alias = MARKER if getattr(after, "marked", True) else None
+        ctx.queue(ctx.kernel.host, 0, _link_flags_alias(after.name, after.up, alias), "update", f"{self.kind.label} {after.name}")
+
+
+class VlanHandler(HostLinkHandler):
+    kind = Kind.VLAN
+    info_kind = "vlan"
+
+    def info_data(self, obj: KObject) -> bytes:
+        return nl.attr_u16(nl.IFLA_VLAN_ID, obj.vid)
+
+
+class DummyHandler(HostLinkHandler):
+    kind = Kind.DUMMY
+    info_kind = "dummy"
+
+
+class NetnsHandler(Handler):
+    kind = Kind.NETNS
+
+    def create(self, ctx: "Ctx", obj: Netns, phase: int = 0) -> None:
+        sock = ctx.kernel.create_netns(obj.name)
+        ctx.new_netns.add(obj.name)
+        ctx.done_immediately(obj.key)
+        # lo up and our marker on it, in one request
+        ctx.queue(sock, phase, _link_flags_alias("lo", True, MARKER, index=1), "bring up lo in", f"namespace {obj.name}")
+
+    def delete(self, ctx: "Ctx", obj: Netns, phase: int = 0) -> None:
+        ctx.kernel.delete_netns(obj.name)
+        ctx.done_immediately(obj.key)
+
+    def update(self, ctx: "Ctx", before: Netns, after: Netns) -> None:
+        sock = ctx.kernel.ns_socket(after.name)
+        ctx.queue(sock, 0, _link_flags_alias("lo", True, MARKER, index=1), "update lo in", f"namespace {after.name}")
+
+    def replace(self, ctx: "Ctx", before: Netns, after: Netns) -> None:
+        self.delete(ctx, before)
+        self.create(ctx, after)
+
+
+class EndpointHandler(Handler):
+    """ipvlan links: created through the host socket straight into the namespace
+    (IFLA_NET_NS_FD, with the ifindex chosen by us so no lookup is needed), then
+    marked through the namespace's socket."""
+
+    kind = Kind.ENDPOINT
+
+    def create(self, ctx: "Ctx", obj: Endpoint, phase: int = 0) -> None:
+        index = ctx.alloc_ifindex(obj.ns, obj.ifname)
+        fd = ctx.ns_fd(obj.ns)
+        data = nl.attr_u16(nl.IFLA_IPVLAN_MODE, obj.mode.kernel) + nl.attr_u16(nl.IFLA_IPVLAN_FLAGS, obj.flag.kernel)
+        info = nl.attr_str(nl.IFLA_INFO_KIND, "ipvlan") + nl.nested(nl.IFLA_INFO_DATA, data)
+        body = (
+            nl.ifinfo(index=index, flags=nl.IFF_UP if obj.up else 0, change=nl.IFF_UP)
+            + nl.attr_str(nl.IFLA_IFNAME, obj.ifname)
+            + nl.attr_u32(nl.IFLA_LINK, ctx.host_index(obj.parent))
+            + nl.attr_u32(nl.IFLA_NET_NS_FD, fd)
+            + nl.nested(nl.IFLA_LINKINFO, info)
+        )
+        what = f"endpoint {obj.ns}/{obj.ifname} on {obj.parent}"
+        ctx.queue(ctx.kernel.host, phase, nl.request(nl.RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, body), "create", what)
+        ctx.queue(ctx.ns_socket(obj.ns), phase + 1, _link_flags_alias(obj.ifname, None, obj.alias, index=index), "mark", what)
+
+    def delete(self, ctx: "Ctx", obj: Endpoint, phase: int = 0) -> None:
+        index = ctx.ifindex(obj.ns, obj.ifname)
+        if index is None:
+            return
+        ctx.queue(ctx.ns_socket(obj.ns), phase, nl.request(nl.RTM_DELLINK, 0, nl.ifinfo(index=index)), "delete",
+                  f"endpoint {obj.ns}/{obj.ifname}", ok=(errno.ENODEV,))
+        ctx.forget_ifindex(obj.ns, obj.ifname)
+
+    def update(self, ctx: "Ctx", before: Endpoint, after: Endpoint) -> None:
+        index = ctx.ifindex(after.ns, after.ifname)
+        ctx.queue(ctx.ns_socket(after.ns), 0, _link_flags_alias(after.ifname, after.up, after.alias, index=index or 0),
+                  "update", f"endpoint {after.ns}/{after.ifname}")
+
+
+class SysctlHandler(Handler):
+    kind = Kind.SYSCTL
+
+    def create(self, ctx: "Ctx", obj: Sysctl, phase: int = 0) -> None:
+        ctx.sysctl(obj.ns, f"/proc/sys/net/ipv6/conf/{obj.ifname}/{obj.name}", str(obj.value), obj.key)
+
+    def delete(self, ctx: "Ctx", obj: Sysctl, phase: int = 0) -> None:
+        ctx.done_immediately(obj.key)  # goes away with its interface
+
+    def update(self, ctx: "Ctx", before: Sysctl, after: Sysctl) -> None:
+        self.create(ctx, after)
+
+
+class AddressHandler(Handler):
+    kind = Kind.ADDRESS
+
+    def _req(self, ctx: "Ctx", obj: Address, msg_type: int, flags: int) -> Optional[bytearray]:
+        index = ctx.ifindex(obj.ns, obj.ifname)
+        if index is None:
+            return None
+        fam = _fam(obj.address.version)
+        ip = str(obj.address.ip)
+        fl = nl.IFA_F_NODAD if obj.address.version == 6 else 0
+        body = (
+            nl.ifaddr(fam, obj.address.network.prefixlen, index, flags=fl)
+            + nl.attr_ip(nl.IFA_LOCAL, fam, ip)
+            + nl.attr_ip(nl.IFA_ADDRESS, fam, ip)
+        )
+        if fl:
+            body += nl.attr_u32(nl.IFA_FLAGS, fl)
+        return nl.request(msg_type, flags, body)
+
+    def create(self, ctx: "Ctx", obj: Address, phase: int = 0) -> None:
+        req = self._req(ctx, obj, nl.RTM_NEWADDR, nl.NLM_F_CREATE | nl.NLM_F_EXCL)
+        ctx.queue(ctx.ns_socket(obj.ns), phase, req, "add address", obj.describe())
+
+    def delete(self, ctx: "Ctx", obj: Address, phase: int = 0) -> None:
+        req = self._req(ctx, obj, nl.RTM_DELADDR, 0)
+        if req is None:
+            return
+        ctx.queue(ctx.ns_socket(obj.ns), phase, req, "delete address", obj.describe(), ok=(errno.EADDRNOTAVAIL, errno.ENODEV))
+
+    def update(self, ctx: "Ctx", before: Address, after: Address) -> None:  # pragma: no cover
+        raise AssertionError("addresses are created or deleted, never updated")
+
+
+class RouteHandler(Handler):
+    kind = Kind.ROUTE
+
+    def _req(self, ctx: "Ctx", obj: Route, msg_type: int, flags: int) -> Optional[bytearray]:
+        index = ctx.ifindex(obj.ns, obj.ifname)
+        fam = _fam(obj.family)
+        scope = nl.RT_SCOPE_LINK if (obj.gateway is None and obj.family == 4) else nl.RT_SCOPE_UNIVERSE
+        body = nl.rtm(fam, obj.dst.prefixlen, nl.RT_TABLE_MAIN, RTPROT, scope)
+        if obj.dst.prefixlen:
+            body += nl.attr_ip(nl.RTA_DST, fam, str(obj.dst.network_address))
+        if obj.gateway is not None:
+            body += nl.attr_ip(nl.RTA_GATEWAY, fam, str(obj.gateway))
+        if index is not None:
+            body += nl.attr_u32(nl.RTA_OIF, index)
+        elif msg_type == nl.RTM_NEWROUTE:
+            return None
+        return nl.request(msg_type, flags, body)
+
+    def create(self, ctx: "Ctx", obj: Route, phase: int = 0) -> None:
+        ctx.queue(ctx.ns_socket(obj.ns), phase, self._req(ctx, obj, nl.RTM_NEWROUTE, nl.NLM_F_CREATE | nl.NLM_F_EXCL),
+                  "add route", obj.describe())
+
+    def delete(self, ctx: "Ctx", obj: Route, phase: int = 0) -> None:
+        ctx.queue(ctx.ns_socket(obj.ns), phase, self._req(ctx, obj, nl.RTM_DELROUTE, 0), "delete route", obj.describe(),
+                  ok=(errno.ESRCH, errno.ENODEV))
+
+    def update(self, ctx: "Ctx", before: Route, after: Route) -> None:
+        ctx.queue(ctx.ns_socket(after.ns), 0, self._req(ctx, after, nl.RTM_NEWROUTE, nl.NLM_F_CREATE | nl.NLM_F_REPLACE),
+                  "replace route", after.describe())
+
+
+class HostsHandler(Handler):
+    kind = Kind.HOSTS
+
+    def create(self, ctx: "Ctx", obj: HostsFile, phase: int = 0) -> None:
+        ctx.kernel.write_hosts(obj.ns, obj.content)
+        ctx.done_immediately(obj.key)
+
+    def delete(self, ctx: "Ctx", obj: HostsFile, phase: int = 0) -> None:
+        ctx.kernel.delete_hosts(obj.ns)
+        ctx.done_immediately(obj.key)
+
+    def update(self, ctx: "Ctx", before: HostsFile, after: HostsFile) -> None:
+        self.create(ctx, after)
+
+
+HANDLERS: Dict[Kind, Handler] = {
+    h.kind: h
+    for h in (
+        VlanHandler(),
+        DummyHandler(),
+        NetnsHandler(),
+        EndpointHandler(),
+        SysctlHandler(),
+        AddressHandler(),
+        RouteHandler(),
+        HostsHandler(),
+    )
+}

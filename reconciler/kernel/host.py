@@ -1,0 +1,310 @@
+"""The host: netlink sockets, named namespaces, /etc/netns files. One snapshot per run."""
+from __future__ import annotations
+
+import errno
+import os
+import resource
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from ..errors import KernelError
+from ..objects import HOSTS_MARKER
+from .netlink import (
+    MNT_DETACH,
+    MS_BIND,
+    MS_REC,
+    MS_SHARED,
+    AddrRec,
+    LinkRec,
+    NetlinkSocket,
+    NsWorker,
+    RouteRec,
+    WriteCounter,
+    mount,
+    umount2,
+)
+
+NETNS_DIR = "/run/netns"
+ETC_NETNS = "/etc/netns"
+
+
+@dataclass
+class NsView:
+    """One namespace as dumped: links, addresses, routes (main table)."""
+
+    name: str
+    links: List[LinkRec] = field(default_factory=list)
+    addrs: List[AddrRec] = field(default_factory=list)
+    routes: List[RouteRec] = field(default_factory=list)
+    broken: bool = False  # a /run/netns entry we cannot enter (e.g. a crash mid-create)
+
+    def link_by_index(self) -> Dict[int, LinkRec]:
+        return {l.index: l for l in self.links}
+
+    def link_named(self, name: str) -> Optional[LinkRec]:
+        for l in self.links:
+            if l.name == name:
+                return l
+        return None
+
+
+@dataclass
+class Snapshot:
+    host: NsView
+    namespaces: Dict[str, NsView]  # every named namespace (ours fully dumped, others links only)
+    hosts_files: Dict[str, str]  # ns name -> content of /etc/netns/NAME/hosts (if present)
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+
+
+class Kernel:
+    """The one boundary to the kernel. Everything that reads or writes host state goes
+    through an instance of this class (and ``handlers``, which uses it)."""
+
+    def __init__(self, netns_dir: str = NETNS_DIR, etc_netns: str = ETC_NETNS):
+        _raise_nofile()
+        self.netns_dir = netns_dir
+        self.etc_netns = etc_netns
+        self.counter = WriteCounter()
+        self.worker = NsWorker()
+        self.host = NetlinkSocket("host namespace", self.counter)
+        self._ns: Dict[str, NetlinkSocket] = {}
+        self._run_dir_ready = False
+
+    # namespaces ---------------------------------------------------------------------------
+    def ns_path(self, name: str) -> str:
+        return os.path.join(self.netns_dir, name)
+
+    def list_netns(self) -> List[str]:
+        try:
+            return sorted(n for n in os.listdir(self.netns_dir) if not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def ns_socket(self, name: str) -> NetlinkSocket:
+        sock = self._ns.get(name)
+        if sock is None:
+            sock = self._open_ns_sockets([name])[name]
+        return sock
+
+    def _open_ns_sockets(self, names: Iterable[str]) -> Dict[str, NetlinkSocket]:
+        """Open sockets inside many namespaces with one trip to the worker thread."""
+        names = list(names)
+        counter = self.counter
+        paths = [(n, self.ns_path(n)) for n in names]
+
+        def job():
+            from .netlink import setns
+
+            out: Dict[str, object] = {}
+            home = self.worker.home_fd
+            for name, path in paths:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as e:
+                    out[name] = e
+                    continue
+                try:
+                    try:
+                        setns(fd)
+                    except OSError as e:
+                        out[name] = e
+                        continue
+                    try:
+                        out[name] = NetlinkSocket(f"namespace {name}", counter)
+                    finally:
+                        setns(home)
+                finally:
+                    os.close(fd)
+            return out
+
+        got = self.worker.pool.submit(job).result()
+        socks: Dict[str, NetlinkSocket] = {}
+        failed = None
+        for name, s in got.items():
+            if isinstance(s, OSError):
+                failed = failed or (name, s)
+                continue
+            self._ns[name] = s
+            socks[name] = s
+        if failed is not None:
+            raise KernelError("enter namespace", failed[0], failed[1].errno or errno.EIO, partial=socks)
+        return socks
+
+    def close_ns_socket(self, name: str) -> None:
+        s = self._ns.pop(name, None)
+        if s is not None:
+            s.close()
+
+    def _ensure_run_dir(self) -> None:
+        """Like `ip netns add`: /run/netns is a shared bind mount so namespaces created
+        here are visible to every mount namespace (podman, systemd units)."""
+        if self._run_dir_ready:
+            return
+        os.makedirs(self.netns_dir, mode=0o755, exist_ok=True)
+        try:
+            mount("", self.netns_dir, "none", MS_SHARED | MS_REC)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise KernelError("prepare", self.netns_dir, e.errno or errno.EIO)
+            mount(self.netns_dir, self.netns_dir, "none", MS_BIND | MS_REC)
+            mount("", self.netns_dir, "none", MS_SHARED | MS_REC)
+        self._run_dir_ready = True
+
+    def create_netns(self, name: str) -> NetlinkSocket:
+        """Create /run/netns/NAME (iproute2-compatible) and return a socket inside it."""
+        self._ensure_run_dir()
+        path = self.ns_path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0)
+        except OSError as e:
+            raise KernelError("create namespace", name, e.errno or errno.EIO)
+        os.close(fd)
+        counter = self.counter
+
+        def inside() -> NetlinkSocket:
+            mount("/proc/thread-self/ns/net", path, "none", MS_BIND)
+            return NetlinkSocket(f"namespace {name}", counter)
+
+        try:
+            sock = self.worker.run_new(inside)
+        except OSError as e:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise KernelError("create namespace", name, e.errno or errno.EIO)
+        self._ns[name] = sock  # type: ignore[assignment]
+        return sock  # type: ignore[return-value]
+
+    def delete_netns(self, name: str) -> None:
+        self.close_ns_socket(name)
+        path = self.ns_path(name)
+        try:
+            umount2(path, MNT_DETACH)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOENT):
+                raise KernelError("delete namespace", name, e.errno or errno.EIO)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise KernelError("delete namespace", name, e.errno or errno.EIO)
+
+    def write_sysctls(self, name: str, items: List[Tuple[str, str]]) -> None:
+        """Write /proc/sys/... values inside namespace NAME (one trip to the worker)."""
+
+        def job():
+            for path, value in items:
+                with open(path, "w") as f:
+                    f.write(value)
+
+        try:
+            self.worker.run_in(self.ns_path(name), job)
+        except OSError as e:
+            raise KernelError("write sysctl", f"{name} {items[0][0] if items else ''}", e.errno or errno.EIO)
+
+    # /etc/netns ------------------------------------------------------------------------------
+    def hosts_path(self, name: str) -> str:
+        return os.path.join(self.etc_netns, name, "hosts")
+
+    def read_hosts_files(self, names: Iterable[str]) -> Dict[str, str]:
+        out: Dict[str, str] = {}
+        for n in names:
+            try:
+                with open(self.hosts_path(n), encoding="utf-8", errors="replace") as f:
+                    out[n] = f.read()
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+        return out
+
+    def list_hosts_dirs(self) -> List[str]:
+        try:
+            return sorted(os.listdir(self.etc_netns))
+        except FileNotFoundError:
+            return []
+
+    def write_hosts(self, name: str, content: str) -> None:
+        d = os.path.join(self.etc_netns, name)
+        path = os.path.join(d, "hosts")
+        tmp = path + ".ipvlan-reconciler.tmp"
+        try:
+            os.makedirs(d, mode=0o755, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(content)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise KernelError("write", path, e.errno or errno.EIO)
+
+    def delete_hosts(self, name: str) -> None:
+        d = os.path.join(self.etc_netns, name)
+        path = os.path.join(d, "hosts")
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                if not f.readline().startswith(HOSTS_MARKER):
+                    return  # not ours after all: never delete
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise KernelError("delete", path, e.errno or errno.EIO)
+        try:
+            os.rmdir(d)  # only when empty (resolv.conf and friends stay)
+        except OSError:
+            pass
+
+    # snapshot ---------------------------------------------------------------------------------
+    def snapshot(self, is_ours) -> Snapshot:
+        """Dump the host namespace and every named namespace. Namespaces for which
+        ``is_ours(name, links)`` is true get their addresses and routes dumped too."""
+        host = NsView("")
+        host.links = self.host.dump_links()
+        host.addrs = self.host.dump_addrs()
+        host.routes = self.host.dump_routes()
+        names = self.list_netns()
+        namespaces: Dict[str, NsView] = {}
+        if names:
+            socks = self._open_ns_sockets_lenient(names)
+            for name in names:
+                view = NsView(name)
+                sock = socks.get(name)
+                if sock is None:
+                    view.broken = True
+                    namespaces[name] = view
+                    continue
+                view.links = sock.dump_links()
+                if is_ours(name, view.links):
+                    view.addrs = sock.dump_addrs()
+                    view.routes = sock.dump_routes()
+                namespaces[name] = view
+                self.close_ns_socket(name)  # keep the fd count low; apply reopens on demand
+        hosts = self.read_hosts_files(set(names) | set(self.list_hosts_dirs()))
+        return Snapshot(host=host, namespaces=namespaces, hosts_files=hosts)
+
+    def _open_ns_sockets_lenient(self, names: List[str]) -> Dict[str, NetlinkSocket]:
+        try:
+            return self._open_ns_sockets(names)
+        except KernelError as e:
+            return dict(e.partial or {})  # the rest could not be entered: broken entries
+
+    def close(self) -> None:
+        for name in list(self._ns):
+            self.close_ns_socket(name)
+        self.host.close()
+        self.worker.close()
+
+    def __enter__(self) -> "Kernel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
