@@ -155,6 +155,8 @@ def make_plan(
     have: Dict[Key, KObject] = {}
     frozen_endpoints: Set[Tuple[str, str]] = set()
     for key, obj in live.objects.items():
+        if getattr(obj, "owned", True) is False:
+            continue  # not ours: never diffed, changed or deleted (clashes were reported above)
         if isinstance(obj, Endpoint) and obj.network in protected and key not in want:
             frozen_endpoints.add((obj.ns, obj.ifname))
             continue

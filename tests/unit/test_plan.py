@@ -356,3 +356,9 @@ def test_hosts_file_lists_peers_on_shared_networks_only():
     assert any(l.split() == ["192.168.20.3", "t2", "db"] for l in t1)
     assert not any("l3a" in l for l in t1)
     assert any(l.split() == ["192.168.20.2", "t1"] for l in t1)
+
+
+def test_unowned_hosts_file_of_unrelated_namespace_is_never_deleted():
+    live = HostState([HostsFile("someone-elses", "127.0.0.1 localhost\n", owned=False)], HOST)
+    p = plan_of(DesiredState({}, {}, {}), live).plan
+    assert p.empty
