@@ -130,10 +130,7 @@ def compile_state(desired: DesiredState, facts: Optional[HostFacts], offline: bo
                         )
 
     # ---- containers ------------------------------------------------------------------------
-    peers: Dict[str, List[Tuple[str, object, object, Tuple[str, ...]]]] = {}
-    for c in desired.containers.values():
-        for att in c.attachments:
-            peers.setdefault(att.network, []).append((c.name, att.ip, att.ip6, att.aliases))
+    hosts = HostsBuilder(desired)
 
     parent_addr_index = {
         name: {a.ip for a in l.addresses} for name, l in links.items()
@@ -171,9 +168,8 @@ def compile_state(desired: DesiredState, facts: Optional[HostFacts], offline: bo
                 if sub is None:
                     problems.append(f"container {c.name}: {ip} is in no subnet of network {net.name}")
                     continue
-                objs.append(
-                    Address(ns=c.name, ifname=att.ifname, address=ipaddress.ip_interface(f"{ip}/{sub.cidr.prefixlen}"))
-                )
+                iface = (ipaddress.IPv4Interface if fam == 4 else ipaddress.IPv6Interface)((ip, sub.cidr.prefixlen))
+                objs.append(Address(ns=c.name, ifname=att.ifname, address=iface))
                 # default route candidate: non-internal first, then attachment order
                 if net.l3:
                     cand = Route(ns=c.name, dst=DEFAULT_DST[fam], gateway=None, ifname=att.ifname)
@@ -196,7 +192,7 @@ def compile_state(desired: DesiredState, facts: Optional[HostFacts], offline: bo
             r = defaults[fam][1]
             route_objs[str(r.dst)] = r
         objs.extend(route_objs.values())
-        objs.append(HostsFile(ns=c.name, content=hosts_content(c.name, c.attachments, peers)))
+        objs.append(HostsFile(ns=c.name, content=hosts.content(c)))
 
     return Compiled(
         desired=HostState(objs),
@@ -206,30 +202,30 @@ def compile_state(desired: DesiredState, facts: Optional[HostFacts], offline: bo
     )
 
 
-def hosts_content(name: str, attachments, peers) -> str:
-    """/etc/hosts for a container: itself, then every container sharing a network."""
-    lines = [
-        HOSTS_MARKER,
-        "127.0.0.1\tlocalhost",
-        "::1\tlocalhost ip6-localhost ip6-loopback",
-    ]
-    seen = set()
-    # own addresses first, so the container's name resolves to itself
-    for att in attachments:
-        for ip in (att.ip, att.ip6):
-            if ip is not None:
-                line = f"{ip}\t{' '.join((name,) + tuple(att.aliases))}"
-                if line not in seen:
-                    seen.add(line)
-                    lines.append(line)
-    for att in attachments:
-        for other, ip, ip6, aliases in peers.get(att.network, ()):
-            if other == name:
-                continue
-            for addr in (ip, ip6):
-                if addr is not None:
-                    line = f"{addr}\t{' '.join((other,) + tuple(aliases))}"
-                    if line not in seen:
-                        seen.add(line)
-                        lines.append(line)
-    return "\n".join(lines) + "\n"
+class HostsBuilder:
+    """/etc/hosts for each container: itself, then every container sharing a network.
+
+    Each network's block of lines is formatted once and shared by all its
+    containers (a container's file is its own lines plus its networks' blocks
+    minus itself), so building N files costs O(N) formatting, not O(N^2)."""
+
+    HEADER = "\n".join([HOSTS_MARKER, "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]) + "\n"
+
+    def __init__(self, desired: DesiredState):
+        self.own: Dict[Tuple[str, str], str] = {}  # (container, network) -> its lines on that network
+        blocks: Dict[str, List[str]] = {}
+        for c in desired.containers.values():
+            for att in c.attachments:
+                names = " ".join((c.name,) + tuple(att.aliases))
+                lines = "".join(f"{ip}\t{names}\n" for ip in (att.ip, att.ip6) if ip is not None)
+                self.own[(c.name, att.network)] = lines
+                blocks.setdefault(att.network, []).append(lines)
+        self.blocks = {net: "".join(lines) for net, lines in blocks.items()}
+
+    def content(self, c) -> str:
+        own = [self.own[(c.name, att.network)] for att in c.attachments]
+        parts = [self.HEADER] + own
+        for att, mine in zip(c.attachments, own):
+            block = self.blocks.get(att.network, "")
+            parts.append(block.replace(mine, "", 1) if mine else block)
+        return "".join(parts)

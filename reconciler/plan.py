@@ -237,7 +237,8 @@ def make_plan(
                 continue
         handle(key)
 
-    ordered = _order(actions)
+    rank = {k: i for i, k in enumerate(keys)}
+    ordered = _order(actions, rank)
     return Plan(actions=tuple(ordered), pending=tuple(pending), warnings=tuple(warnings), notes=tuple(notes))
 
 
@@ -245,15 +246,15 @@ def _sort_key(key: Key) -> tuple:
     return (int(key[0]),) + tuple(str(k) for k in key[1:])
 
 
-def _order(actions: List[Action]) -> List[Action]:
+def _order(actions: List[Action], rank: Dict[Key, int]) -> List[Action]:
     """Deletions (children first), then the rest (parents first); topological within
     each phase on ``requires()``, ties broken by kind and key for a stable plan."""
     deletes = [a for a in actions if a.op is Op.DELETE]
     others = [a for a in actions if a.op is not Op.DELETE]
-    return _toposort(deletes, reverse=True) + _toposort(others, reverse=False)
+    return _toposort(deletes, rank, reverse=True) + _toposort(others, rank, reverse=False)
 
 
-def _toposort(actions: List[Action], reverse: bool) -> List[Action]:
+def _toposort(actions: List[Action], rank: Dict[Key, int], reverse: bool) -> List[Action]:
     if not actions:
         return []
     by_key = {a.key: a for a in actions}
@@ -268,8 +269,8 @@ def _toposort(actions: List[Action], reverse: bool) -> List[Action]:
                 indeg[dst] += 1
 
     def prio(k: Key) -> tuple:
-        rank = int(k[0])
-        return ((-rank if reverse else rank),) + tuple(str(x) for x in k[1:])
+        # ``rank`` is the position in (kind, key) order; deletions run kinds in reverse
+        return (-int(k[0]) if reverse else int(k[0]), rank[k])
 
     heap = [(prio(k), i, k) for i, k in enumerate(by_key) if indeg[k] == 0]
     heapq.heapify(heap)
