@@ -118,10 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "watch",
         help="daemon: converge on every manifest change and repair drift",
-        description="Watch manifest directories and the kernel; converge on every change.",
+        description="Watch manifest directories and the kernel; converge on every change, "
+        "repair drift made by hand, finish pending networks when their parent appears. A "
+        "broken manifest changes nothing; stopping leaves the network in place. SIGHUP "
+        "reloads. See docs/daemon.md.",
     )
     _paths_arg(p)
     _state_dir_arg(p)
+    from .daemon.options import add_watch_arguments
+
+    add_watch_arguments(p)
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser(
@@ -131,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _state_dir_arg(p)
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    from .daemon.constants import DEFAULT_STATUS_FILE
+
+    p.add_argument(
+        "--status-file",
+        default=DEFAULT_STATUS_FILE,
+        metavar="FILE",
+        help="the daemon's status file; when it exists its content is shown as \"daemon\" "
+        f"(default {DEFAULT_STATUS_FILE})",
+    )
     p.set_defaults(func=cmd_status)
     return parser
 
@@ -289,6 +304,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = store.load()
         live, _ = engine.observe_host(kernel, state.intents)
     data = state_json(live)
+    from .daemon.status import read_status
+
+    daemon = read_status(args.status_file) if args.status_file else None
+    if daemon is not None:
+        data["daemon"] = daemon
     if args.format == "json":
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return 0
@@ -316,6 +336,22 @@ def status_text(data: dict) -> str:
     if extra:
         out.append("")
         out.append(f"daemon: last reconcile {extra.get('last_reconcile')} result {extra.get('last_result')}")
+        out.append(
+            f"  pid {extra.get('pid')} ({extra.get('phase')}), took {extra.get('last_duration_seconds')}s, "
+            f"trigger {extra.get('last_trigger') or '-'}, last success {extra.get('last_success') or 'never'}"
+        )
+        manifest = extra.get("manifest") or {}
+        if manifest.get("valid") is False:
+            out.append("  manifests invalid (enforcing the last valid state):")
+            out.extend(f"    {e}" for e in manifest.get("errors", [])[:10])
+        if manifest.get("missing"):
+            out.append(f"  manifest paths missing: {', '.join(manifest['missing'])}")
+        for p in extra.get("pending", [])[:10]:
+            out.append(f"  pending: {p}")
+        errors = extra.get("last_errors") or []
+        if errors:
+            e = errors[-1]
+            out.append(f"  last error ({e.get('class')}, {e.get('ts')}): {str(e.get('message', '')).splitlines()[0] if e.get('message') else ''}")
     return "\n".join(out) + "\n"
 
 

@@ -144,6 +144,36 @@ class Kernel:
         if s is not None:
             s.close()
 
+    def open_monitor(self, name: Optional[str], groups: int, rcvbuf: int = 4 << 20) -> "socket.socket":
+        """A non-blocking NETLINK_ROUTE socket bound to the multicast ``groups`` (an
+        RTMGRP_* bitmask) in the host namespace (``name`` None) or inside namespace
+        NAME (opened by the namespace worker: no fork). The caller reads and closes it.
+        Note: an open socket keeps its namespace alive after `ip netns del`; close it
+        as soon as the namespace leaves /run/netns."""
+        import socket
+
+        def make() -> "socket.socket":
+            s = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK, 0
+            )
+            try:
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE (root)
+                except OSError:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                s.bind((0, groups))
+            except OSError:
+                s.close()
+                raise
+            return s
+
+        try:
+            if name is None:
+                return make()
+            return self.worker.run_in(self.ns_path(name), make)  # type: ignore[return-value]
+        except OSError as e:
+            raise KernelError("monitor", f"namespace {name}" if name else "host namespace", e.errno or errno.EIO)
+
     def _ensure_run_dir(self) -> None:
         """Like `ip netns add`: /run/netns is a shared bind mount so namespaces created
         here are visible to every mount namespace (podman, systemd units)."""

@@ -1,0 +1,240 @@
+"""Watch manifest directories (watchdog/inotify) and fingerprint their content.
+
+What is watched, for each manifest path P given on the command line:
+
+* the real directory behind P (``realpath``): any ``*.yaml``/``*.yml`` that is
+  not hidden, plus ``..data`` -- the symlink a Kubernetes ConfigMap mount swaps
+  atomically (``..data -> ..2024_01_01_...``) while the ``*.yaml`` entries stay
+  symlinks into ``..data`` and never change themselves;
+* P's parent directory, for P itself being created, replaced, renamed or
+  removed (and, when P is a symlink, the parent of its target);
+* the directory of each manifest that is a symlink elsewhere, for that target.
+
+Editors' temporary files are ignored by name: hidden files (``.a.yaml.swp``,
+``.#a.yaml``), backups (``a.yaml~``), vim's ``4913`` probe -- none of them end
+in ``.yaml``/``.yml`` or they start with a dot. Write-temp-then-rename shows up
+as a move whose destination is a manifest. After every reload the watch set is
+recomputed (:meth:`ManifestWatcher.refresh`), so a replaced directory or a
+swapped symlink is followed. Watchers only enqueue; the reconcile thread reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Set, Tuple
+
+from . import logs
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+K8S_DATA = "..data"
+RELEVANT_EVENTS = ("created", "deleted", "moved", "modified", "closed")
+
+
+def is_manifest_name(name: str) -> bool:
+    return not name.startswith(".") and name.endswith(MANIFEST_SUFFIXES)
+
+
+def manifest_files(paths: List[str]) -> Tuple[List[str], List[str]]:
+    """(manifest files in load order, paths that do not exist)."""
+    files: List[str] = []
+    missing: List[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            try:
+                names = sorted(os.listdir(p))
+            except OSError:
+                missing.append(p)
+                continue
+            for n in names:
+                f = os.path.join(p, n)
+                if is_manifest_name(n) and os.path.isfile(f):
+                    files.append(f)
+        elif os.path.exists(p):
+            files.append(p)
+        else:
+            missing.append(p)
+    return files, missing
+
+
+def fingerprint(paths: List[str]) -> Tuple[str, List[str], List[str]]:
+    """A digest of every manifest's name and content: equal digests load equally."""
+    files, missing = manifest_files(paths)
+    h = hashlib.sha256()
+    for m in missing:
+        h.update(b"missing\0" + m.encode("utf-8", "surrogateescape") + b"\0")
+    for f in files:
+        h.update(b"file\0" + f.encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            with open(f, "rb") as fh:
+                data = fh.read()
+            h.update(str(len(data)).encode() + b"\0" + data)
+        except OSError as e:
+            h.update(f"error {e.errno}\0".encode())
+    return h.hexdigest(), files, missing
+
+
+@dataclass
+class Rule:
+    """What matters in one watched directory."""
+
+    manifests: bool = False  # any manifest name (and ..data)
+    names: Set[str] = field(default_factory=set)  # these exact names
+
+    def matches(self, name: str) -> bool:
+        return name in self.names or (self.manifests and (is_manifest_name(name) or name == K8S_DATA))
+
+
+def _nearest_existing(path: str) -> Tuple[Optional[str], str]:
+    """(nearest existing ancestor directory, the first missing component below it)."""
+    child = path
+    parent = os.path.dirname(path)
+    while parent != child:
+        if os.path.isdir(parent):
+            return parent, os.path.basename(child)
+        child, parent = parent, os.path.dirname(parent)
+    return None, ""
+
+
+def compute_rules(paths: List[str]) -> Dict[str, Rule]:
+    """Directories to watch (real paths) and what to look for in each."""
+    rules: Dict[str, Rule] = {}
+
+    def rule(d: str) -> Rule:
+        return rules.setdefault(os.path.realpath(d), Rule())
+
+    for p in (os.path.abspath(x) for x in paths):
+        parent = os.path.dirname(p)
+        if os.path.isdir(parent):
+            rule(parent).names.add(os.path.basename(p))
+        else:
+            anc, first = _nearest_existing(p)
+            if anc is not None:
+                rule(anc).names.add(first)
+        if os.path.isdir(p):
+            real = os.path.realpath(p)
+            rule(real).manifests = True
+            if real != p and real != "/":
+                rule(os.path.dirname(real)).names.add(os.path.basename(real))
+            try:
+                names = os.listdir(real)
+            except OSError:
+                names = []
+            for n in names:
+                f = os.path.join(real, n)
+                if is_manifest_name(n) and os.path.islink(f):
+                    t = os.path.realpath(f)
+                    td = os.path.dirname(t)
+                    if os.path.isdir(td):
+                        rule(td).names.add(os.path.basename(t))
+        elif os.path.lexists(p):
+            if os.path.islink(p):
+                t = os.path.realpath(p)
+                td = os.path.dirname(t)
+                if os.path.isdir(td):
+                    rule(td).names.add(os.path.basename(t))
+    return rules
+
+
+def _identity(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class ManifestWatcher:
+    """Calls ``notify(detail)`` for every relevant file event (from watchdog's thread)."""
+
+    def __init__(self, paths: List[str], notify: Callable[[str], None]):
+        from watchdog.observers import Observer
+
+        self.paths = list(paths)
+        self.notify = notify
+        self.observer = Observer()
+        self.observer.daemon = True
+        self._lock = threading.Lock()
+        self._rules: Dict[str, Rule] = {}
+        self._watches: Dict[str, Tuple[object, Optional[Tuple[int, int]]]] = {}
+        self._handler = _Handler(self)
+
+    def start(self) -> None:
+        self.refresh()
+        self.observer.start()
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join(timeout=5)
+
+    @property
+    def watched(self) -> List[str]:
+        with self._lock:
+            return sorted(self._watches)
+
+    def refresh(self) -> bool:
+        """Recompute what to watch; True when a watch was added or re-added (the caller
+        should re-read: something may have changed before the new watch was in place)."""
+        rules = compute_rules(self.paths)
+        added = False
+        with self._lock:
+            self._rules = rules
+            for d in list(self._watches):
+                watch, ident = self._watches[d]
+                if d not in rules or _identity(d) != ident:
+                    try:
+                        self.observer.unschedule(watch)
+                    except (KeyError, OSError, ValueError):
+                        pass
+                    del self._watches[d]
+            for d in rules:
+                if d in self._watches:
+                    continue
+                ident = _identity(d)
+                if ident is None:
+                    continue
+                try:
+                    watch = self.observer.schedule(self._handler, d, recursive=False)
+                except OSError as e:  # vanished meanwhile, or out of inotify watches
+                    logs.warning("cannot watch directory", path=d, error=e.strerror or str(e))
+                    continue
+                self._watches[d] = (watch, ident)
+                added = True
+        return added
+
+    def relevant(self, event_type: str, src: str, dest: str = "") -> Optional[str]:
+        """The detail to report when this event matters, else None."""
+        if event_type not in RELEVANT_EVENTS:
+            return None
+        with self._lock:
+            rules = self._rules
+            for p in (src, dest):
+                if not p:
+                    continue
+                if p in rules:
+                    # the watched directory itself: only its disappearance matters
+                    if event_type in ("deleted", "moved"):
+                        return f"{event_type} {p}"
+                    continue
+                d, n = os.path.split(p)
+                r = rules.get(d)
+                if r is not None and r.matches(n):
+                    return f"{event_type} {p}" + (f" -> {dest}" if dest and p == src else "")
+        return None
+
+
+class _Handler:
+    """watchdog's event handler protocol: dispatch(event)."""
+
+    def __init__(self, watcher: ManifestWatcher):
+        self.watcher = watcher
+
+    def dispatch(self, event) -> None:
+        src = event.src_path.decode() if isinstance(event.src_path, bytes) else event.src_path
+        dest = getattr(event, "dest_path", "") or ""
+        if isinstance(dest, bytes):
+            dest = dest.decode()
+        detail = self.watcher.relevant(event.event_type, src, dest)
+        if detail is not None:
+            self.watcher.notify(detail)

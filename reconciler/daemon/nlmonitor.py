@@ -1,0 +1,403 @@
+"""Drift detection: netlink notifications and /run/netns, watched by one thread.
+
+Sockets come from :meth:`reconciler.kernel.host.Kernel.open_monitor`: one in the
+host namespace, one inside each of our namespaces (opened by the Kernel's
+namespace worker thread after ``setns``; no fork), each a plain NETLINK_ROUTE
+socket bound to RTNLGRP_LINK, IPV4_IFADDR, IPV6_IFADDR, IPV4_ROUTE, IPV6_ROUTE
+and read here with ``select`` (pyroute2's IPRoute.bind() buffers and loses
+events under select). The reconcile thread tells which namespaces are ours
+(:meth:`NetlinkMonitor.set_namespaces`) after each reconcile.
+
+Only changes that can matter to the reconciler are reported, so that the
+kernel's own follow-ups to an apply (operstate/carrier updates from
+linkwatch up to a second later, IPv6 link-local addresses and their
+fe80::/64 and local-table routes, lifetime refreshes) do not cause reconcile
+after reconcile: a link event counts only when a field the reconciler reads
+changed (name, IFF_UP, kind and ipvlan/vlan data, alias, lower link,
+disable_ipv6); address events for link-scope addresses and route events
+outside the main table are ignored. Caches are seeded with a dump when a
+socket is opened. A receive-buffer overflow (ENOBUFS) reports a lost-events
+trigger, which a full reconcile covers.
+
+/run/netns is polled (listdir + stat, once a second by default): a namespace
+created, deleted or replaced by hand triggers a reconcile. A monitor socket
+keeps its namespace alive after ``ip netns del`` -- with the ipvlan endpoint
+and its addresses still claimed on the parent -- so a socket whose namespace
+left /run/netns (or was replaced) is closed at once, before the reconcile.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+
+from . import logs
+
+# rtnetlink multicast groups (RTNLGRP_*) as bind() bitmask bits (1 << (group - 1))
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
+GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RT_TABLE_MAIN = 254
+RT_SCOPE_LINK = 253
+IFF_UP = 1
+_HDR = struct.Struct("=IHHII")
+NAMES = {
+    RTM_NEWLINK: "link added/changed",
+    RTM_DELLINK: "link deleted",
+    RTM_NEWADDR: "address added",
+    RTM_DELADDR: "address deleted",
+    RTM_NEWROUTE: "route added",
+    RTM_DELROUTE: "route deleted",
+}
+
+HOST = ""  # key of the host namespace's socket
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def netns_identity(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class NsMonitor:
+    """One monitor socket and the caches that tell a real change from noise."""
+
+    def __init__(self, name: str, sock: socket.socket, identity: Optional[Tuple[int, int]]):
+        self.name = name
+        self.sock = sock
+        self.identity = identity
+        self.links: Dict[int, tuple] = {}
+        self.link_names: Dict[int, str] = {}
+        self.addrs: Set[tuple] = set()
+        self.portid = sock.getsockname()[0]
+        self.dump_seq = 0
+
+    @property
+    def label(self) -> str:
+        return f"namespace {self.name}" if self.name else "host namespace"
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def link_state(rec) -> tuple:
+    """The fields of a link the reconciler reads (not operstate, carrier, stats)."""
+    return (
+        rec.name,
+        rec.flags & IFF_UP,
+        rec.kind,
+        rec.alias,
+        rec.link,
+        rec.link_netnsid,
+        rec.vid,
+        rec.ipvlan_mode,
+        rec.ipvlan_flags,
+        rec.disable_ipv6,
+    )
+
+
+def classify_message(mon: NsMonitor, data: bytes, pos: int, length: int, typ: int) -> Optional[str]:
+    """Update ``mon``'s caches with one notification; the detail to report if it matters."""
+    from ..kernel.netlink import decode_addr, decode_link, decode_route
+
+    end = pos + length
+    body = pos + 16
+    where = mon.label
+    if typ in (RTM_NEWLINK, RTM_DELLINK):
+        if data[body] not in (0,):  # AF_INET6/AF_BRIDGE protocol info, not the link itself
+            return None
+        rec = decode_link(data, body, end)
+        if typ == RTM_DELLINK:
+            mon.links.pop(rec.index, None)
+            name = mon.link_names.pop(rec.index, rec.name)
+            return f"{where}: link {name} deleted"
+        state = link_state(rec)
+        old = mon.links.get(rec.index)
+        mon.links[rec.index] = state
+        mon.link_names[rec.index] = rec.name
+        if old == state:
+            return None
+        return f"{where}: link {rec.name} {'added' if old is None else 'changed'}"
+    if typ in (RTM_NEWADDR, RTM_DELADDR):
+        rec = decode_addr(data, body, end)
+        if rec.scope == RT_SCOPE_LINK:
+            return None
+        key = (rec.index, rec.family, rec.address, rec.prefixlen)
+        dev = mon.link_names.get(rec.index, f"#{rec.index}")
+        if typ == RTM_DELADDR:
+            mon.addrs.discard(key)
+            return f"{where}: address {rec.address}/{rec.prefixlen} deleted from {dev}"
+        if key in mon.addrs:
+            return None  # flags or lifetimes refreshed
+        mon.addrs.add(key)
+        return f"{where}: address {rec.address}/{rec.prefixlen} added on {dev}"
+    if typ in (RTM_NEWROUTE, RTM_DELROUTE):
+        rec = decode_route(data, body, end)
+        if rec.table != RT_TABLE_MAIN:
+            return None
+        if rec.family == socket.AF_INET6 and rec.dst_len == 64 and (rec.dst or "").startswith("fe80:"):
+            return None
+        dst = f"{rec.dst}/{rec.dst_len}" if rec.dst else "default"
+        return f"{where}: route {dst} {'deleted' if typ == RTM_DELROUTE else 'added'}"
+    return None
+
+
+def seed_request(mon: NsMonitor, msg_type: int) -> bytes:
+    mon.dump_seq += 1
+    if msg_type == RTM_GETLINK:
+        body = struct.pack("=BxHiII", 0, 0, 0, 0, 0)
+    else:
+        body = struct.pack("=BBBBI", 0, 0, 0, 0, 0)
+    return _HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, mon.dump_seq, 0) + body
+
+
+class NetlinkMonitor:
+    """Reads every monitor socket in one thread; calls ``notify(source, detail)``."""
+
+    def __init__(
+        self,
+        kernel,
+        notify: Callable[[str, str], None],
+        netns_poll: float = 1.0,
+    ):
+        self.kernel = kernel
+        self.notify = notify
+        self.netns_poll = netns_poll
+        self._mons: Dict[str, NsMonitor] = {}
+        self._lock = threading.Lock()
+        self._wanted: Set[str] = set()
+        self._baseline: Optional[Dict[str, Optional[Tuple[int, int]]]] = None
+        self._dirty = False
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._seen: Dict[str, Optional[Tuple[int, int]]] = {}
+        self.thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
+        self.overflows = 0
+
+    # control (any thread) ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the host socket here, so a failure is reported to the caller."""
+        self._open(HOST)
+        self._seen = self._list_netns()
+        self.thread.start()
+
+    def set_namespaces(self, names: Iterable[str]) -> None:
+        """Monitor exactly these namespaces (ours), and take /run/netns as it is now as
+        the baseline (changes made by our own reconcile are not drift)."""
+        with self._lock:
+            self._wanted = set(names)
+            self._baseline = self._list_netns()
+            self._dirty = True
+        self._wake()
+
+    def monitored(self) -> List[str]:
+        with self._lock:
+            return sorted(n for n in self._mons if n)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+        for m in list(self._mons.values()):
+            m.close()
+        self._mons.clear()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    # the thread -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        next_poll = time.monotonic() + self.netns_poll
+        while not self._stop.is_set():
+            try:
+                fds = [self._wake_r] + [m.sock.fileno() for m in self._mons.values()]
+                by_fd = {m.sock.fileno(): m for m in self._mons.values()}
+                timeout = max(0.0, next_poll - time.monotonic())
+                try:
+                    readable, _, _ = select.select(fds, [], [], timeout)
+                except (OSError, ValueError):  # a socket closed under us: rebuild the set
+                    readable = []
+                for fd in readable:
+                    if fd == self._wake_r:
+                        try:
+                            while os.read(self._wake_r, 4096):
+                                pass
+                        except OSError:
+                            pass
+                        continue
+                    m = by_fd.get(fd)
+                    if m is not None and self._mons.get(m.name) is m:
+                        self._read(m)
+                if self._dirty:
+                    self._sync()
+                if time.monotonic() >= next_poll:
+                    self._poll_netns()
+                    next_poll = time.monotonic() + self.netns_poll
+            except Exception as e:  # a bug here must not end drift detection
+                logs.error("netlink monitor failed; continuing", exc_info=True, error=str(e))
+                self.notify("netlink", f"monitor error: {e}")
+                time.sleep(1.0)
+
+    def _read(self, m: NsMonitor, seeding: bool = False) -> bool:
+        """Drain one socket; returns True when a dump in progress finished (NLMSG_DONE)."""
+        done = False
+        first: Optional[str] = None
+        count = 0
+        while True:
+            try:
+                data = m.sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self.overflows += 1
+                    self.notify("netlink", f"{m.label}: events lost (receive buffer overflow)")
+                    if m.dump_seq:
+                        done = True  # the dump is lost too; caches refill from events
+                    continue
+                if e.errno == errno.EINTR:
+                    continue
+                logs.warning("netlink monitor socket failed", where=m.label, error=e.strerror or str(e))
+                self._close(m.name)
+                self.notify("netlink", f"{m.label}: monitor socket failed")
+                return True
+            if not data:
+                break
+            pos, n = 0, len(data)
+            while pos + 16 <= n:
+                length, typ, _flags, seq, pid = _HDR.unpack_from(data, pos)
+                if length < 16:
+                    break
+                is_dump = pid == m.portid and seq == m.dump_seq and m.dump_seq != 0
+                if typ in (NLMSG_DONE, NLMSG_ERROR):
+                    if is_dump:
+                        done = True
+                else:
+                    detail = classify_message(m, data, pos, length, typ)
+                    if detail is not None and not is_dump:
+                        count += 1
+                        first = first or detail
+                pos += _align(length)
+            if seeding and done:
+                break
+        if count:
+            self.notify("netlink", first + (f" (+{count - 1} more)" if count > 1 else ""))
+        return done
+
+    def _seed(self, m: NsMonitor) -> None:
+        """Dump links and addresses into the caches (so later noise is recognised)."""
+        for msg_type in (RTM_GETLINK, RTM_GETADDR):
+            try:
+                m.sock.send(seed_request(m, msg_type))
+            except OSError:
+                return
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                r, _, _ = select.select([m.sock.fileno()], [], [], max(0.0, deadline - time.monotonic()))
+                if r and self._read(m, seeding=True):
+                    break
+                if m.name not in self._mons:
+                    return
+        m.dump_seq = 0
+
+    def _open(self, name: str) -> Optional[NsMonitor]:
+        ident = None if name == HOST else netns_identity(self.kernel.ns_path(name))
+        sock = self.kernel.open_monitor(None if name == HOST else name, GROUPS)
+        if name != HOST and netns_identity(self.kernel.ns_path(name)) != ident:
+            sock.close()  # replaced while we entered it: next sync
+            return None
+        m = NsMonitor(name, sock, ident)
+        with self._lock:
+            self._mons[name] = m
+        self._seed(m)
+        return m
+
+    def _close(self, name: str) -> None:
+        with self._lock:
+            m = self._mons.pop(name, None)
+        if m is not None:
+            m.close()
+
+    def _sync(self) -> None:
+        from ..errors import KernelError
+
+        with self._lock:
+            wanted = set(self._wanted)
+            baseline, self._baseline = self._baseline, None
+            self._dirty = False
+        if baseline is not None:
+            self._seen = baseline
+        present = self._list_netns()
+        for name in [n for n in self._mons if n != HOST]:
+            m = self._mons[name]
+            if name not in wanted or present.get(name) != m.identity:
+                self._close(name)
+        for name in sorted(wanted):
+            if name in self._mons or present.get(name) is None:
+                continue
+            try:
+                self._open(name)
+            except KernelError as e:
+                logs.debug("cannot monitor namespace (yet)", netns=name, error=str(e))
+        if HOST not in self._mons:  # the host socket failed earlier: try again
+            try:
+                self._open(HOST)
+            except Exception as e:
+                logs.warning("cannot open the host netlink monitor", error=str(e))
+
+    def _list_netns(self) -> Dict[str, Optional[Tuple[int, int]]]:
+        return {n: netns_identity(self.kernel.ns_path(n)) for n in self.kernel.list_netns()}
+
+    def _poll_netns(self) -> None:
+        now = self._list_netns()
+        if now == self._seen:
+            return
+        old, self._seen = self._seen, now
+        added = sorted(set(now) - set(old))
+        removed = sorted(set(old) - set(now))
+        replaced = sorted(n for n in set(now) & set(old) if now[n] != old[n])
+        # a namespace deleted by hand stays alive while our socket is open in it,
+        # its endpoint still claiming addresses on the parent: let it go right now
+        for name in removed + replaced:
+            if name in self._mons:
+                self._close(name)
+        parts = []
+        for label, names in (("added", added), ("removed", removed), ("replaced", replaced)):
+            if names:
+                parts.append(f"{label} {', '.join(names[:5])}" + (" ..." if len(names) > 5 else ""))
+        self.notify("netns", "/run/netns: " + "; ".join(parts))
+        if replaced:
+            with self._lock:
+                self._dirty = True

@@ -1,0 +1,575 @@
+"""`ipvlanctl watch DIR...`: the daemon.
+
+Threads:
+* main -- waits for signals (sigtimedwait; the signals are blocked in every
+  thread, so no handler ever runs in the middle of anything) and pings the
+  systemd watchdog while the reconcile thread is alive and not stuck;
+* reconcile -- the only thread that loads manifests and changes the host: it
+  takes batches of triggers from the :class:`TriggerQueue` and reconciles;
+* watchers -- watchdog (manifest files), the netlink monitor (drift and
+  /run/netns), the metrics HTTP server: they only enqueue (or read counters).
+
+Every reconcile is a full one: ``engine.apply`` observes the whole host,
+plans and repairs, so any trigger -- a file edit, a link deleted by hand, a
+missing parent appearing, the periodic resync -- converges everything. Our
+own apply's netlink events cause one more reconcile whose plan is empty
+(nothing written, so nothing more follows).
+
+Error classes (``classify``): a manifest that does not load changes nothing
+(the last valid desired state stays in force, drift repair included) and each
+diagnostic is logged with file:line:col; permanent errors wait for an edit;
+temporary errors and bugs are retried with capped exponential backoff. The
+daemon never tears anything down on exit, on a broken manifest, or when a
+manifest directory disappears; only a directory emptied of manifests is a
+request to remove everything.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+from ..errors import ManifestError, ReconcilerError, UserError
+from . import logs
+from .classify import BUG, PERMANENT, TEMPORARY, classify
+from .fswatch import fingerprint
+from .metrics import Metrics, MetricsServer, parse_addr
+from .constants import DEFAULT_STATUS_FILE
+from .sdnotify import Notifier
+from .status import DaemonStatus, iso, write_status
+from .triggers import Backoff, Batch, TriggerQueue
+
+SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+DRIFT_SOURCES = ("netlink", "netns")
+MAX_LOGGED_ACTIONS = 50
+
+
+def _first_line(s: str) -> str:
+    return (s.strip().splitlines() or [""])[0]
+
+
+def managed_counts(desired) -> Dict[str, int]:
+    return {
+        "network": len(desired.networks),
+        "vlan": len(desired.vlans),
+        "container": len(desired.containers),
+        "attachment": sum(len(c.attachments) for c in desired.containers.values()),
+    }
+
+
+def action_line(a) -> str:
+    return f"{a.op.symbol} {a.kind.label} {a.obj.describe()}"
+
+
+class Daemon:
+    def __init__(
+        self,
+        paths: List[str],
+        state_dir: str,
+        status_file: Optional[str] = DEFAULT_STATUS_FILE,
+        debounce: float = 0.5,
+        resync_interval: float = 60.0,
+        lock_timeout: float = 30.0,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+        metrics_addr: Optional[str] = None,
+        netns_poll: float = 1.0,
+        loader: Optional[Callable] = None,
+        apply_fn: Optional[Callable] = None,
+        kernel_factory: Optional[Callable] = None,
+        notifier: Optional[Notifier] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        from ..state import StateStore
+
+        self.paths = [os.path.abspath(p) for p in paths]
+        self.state_dir = state_dir
+        self.store = StateStore(state_dir)
+        self.status_file = status_file
+        self.resync_interval = resync_interval
+        self.lock_timeout = lock_timeout
+        self.metrics_addr = metrics_addr
+        self.netns_poll = netns_poll
+        self.clock = clock
+        self.triggers = TriggerQueue(debounce=debounce, clock=clock)
+        self.backoff = Backoff(backoff_base, backoff_cap)
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.metrics = Metrics()
+        self.status = DaemonStatus(manifest_paths=list(self.paths), state_dir=state_dir)
+        self._loader = loader
+        self._apply = apply_fn
+        self._kernel_factory = kernel_factory
+        # desired state in force
+        self.desired = None
+        self.generation = 0  # bumped on every successful load that changed the manifests
+        self.digest: Optional[str] = None  # of the last load attempt (valid or not)
+        self.converged_generation = -1  # generation of the last converged reconcile
+        self.retry_at: Optional[float] = None
+        self.last_error: Optional[str] = None  # to log a repeated permanent error only once
+        self.last_missing: List[str] = []
+        self.ready_sent = False
+        self.heartbeat = clock()
+        self.stopping = False
+        self.watcher = None
+        self.monitor = None
+        self.monitor_kernel = None
+        self.metrics_server: Optional[MetricsServer] = None
+        self.thread: Optional[threading.Thread] = None
+        self._status_warned = False
+
+    # pluggable parts (tests replace them) --------------------------------------------------
+    def load(self, paths):
+        if self._loader is not None:
+            return self._loader(paths)
+        from ..manifest import load
+
+        return load(paths)
+
+    def apply(self, desired):
+        from .. import engine
+
+        kernel = self._kernel_factory() if self._kernel_factory else self._new_kernel()
+        try:
+            fn = self._apply or engine.apply
+            return fn(desired, self.store, kernel, rollback=True, lock_timeout=self.lock_timeout)
+        finally:
+            if kernel is not None and hasattr(kernel, "close"):
+                kernel.close()
+
+    @staticmethod
+    def _new_kernel():
+        # a fresh Kernel per reconcile, like `ipvlanctl apply`: no namespace socket
+        # outlives the run (an open socket would keep a deleted namespace alive)
+        from ..kernel.host import Kernel
+
+        return Kernel()
+
+    # manifests -----------------------------------------------------------------------------
+    def reload(self, force: bool = False) -> bool:
+        """Re-read every manifest. True when a new desired state is now in force."""
+        digest, files, missing = fingerprint(self.paths)
+        if self.watcher is not None and self.watcher.refresh():
+            # a watch was (re)placed: anything that changed before it was in place is in
+            # this read already; a change racing with it will show in the next event
+            pass
+        self.status.manifest_missing = list(missing)
+        if missing:
+            if missing != self.last_missing:
+                logs.error(
+                    "manifest path missing: keeping the last desired state (nothing is torn "
+                    "down); waiting for it to come back",
+                    paths=missing,
+                )
+                self.status.record_error(PERMANENT, f"manifest path missing: {', '.join(missing)}")
+                self.metrics.error(PERMANENT)
+            self.last_missing = list(missing)
+            return False
+        if self.last_missing:
+            logs.info("manifest paths are back", paths=self.last_missing)
+            self.last_missing = []
+        if digest == self.digest and not force:
+            return False
+        self.digest = digest
+        from ..model import DesiredState
+
+        try:
+            desired = self.load(self.paths) if files else DesiredState()
+        except ManifestError as e:
+            self.manifest_invalid(e)
+            return False
+        except UserError as e:
+            self.manifest_invalid(e)
+            return False
+        except OSError as e:  # a file vanished between listing and reading (mid-swap)
+            logs.warning("manifests changed while being read; reading again", error=str(e))
+            self.digest = None
+            self.triggers.put("file", "re-read after a read error")
+            return False
+        previous = self.desired
+        self.desired = desired
+        self.status.manifest_valid = True
+        self.status.manifest_errors = []
+        self.status.manifest_loaded = time.time()
+        self.metrics.set_manifest_valid(True)
+        self.metrics.set_managed(managed_counts(desired))
+        self.status.managed = managed_counts(desired)
+        if self.last_error and self.last_error.startswith("manifest:"):
+            self.last_error = None
+        if previous is not None and previous == desired:
+            logs.info("manifests reloaded: no change to the desired state")
+            return False
+        self.generation += 1
+        for w in getattr(desired, "warnings", ()):
+            logs.warning(str(w))
+        logs.info(
+            "manifests loaded" if not files else f"manifests loaded from {len(files)} file(s)",
+            networks=len(desired.networks),
+            vlans=len(desired.vlans),
+            containers=len(desired.containers),
+            **({"note": "no manifests: everything the reconciler owns will be removed"} if not files else {}),
+        )
+        return True
+
+    def manifest_invalid(self, e: UserError) -> None:
+        diags = getattr(e, "diagnostics", None)
+        kept = "keeping the last valid desired state" if self.desired is not None else "nothing applied yet"
+        rendered = [d.render() for d in diags] if diags else [str(e)]
+        self.status.manifest_valid = False
+        self.status.manifest_errors = [_first_line(r) for r in rendered]
+        self.metrics.set_manifest_valid(False)
+        self.metrics.error(PERMANENT)
+        summary = f"{len(rendered)} error{'s' if len(rendered) != 1 else ''} in manifests"
+        self.status.record_error(PERMANENT, f"{summary}: {self.status.manifest_errors[0]}")
+        logs.error(f"manifests rejected ({summary}); {kept}; fix them to converge")
+        if diags:
+            for d in diags:
+                loc = d.loc
+                logs.error(
+                    f"{loc}: {d.message}",
+                    file=loc.file,
+                    line=loc.line,
+                    col=loc.col,
+                    **({"source": d.source_line.rstrip(chr(10))} if d.source_line else {}),
+                )
+        else:
+            logs.error(str(e))
+        self.last_error = "manifest:" + "|".join(rendered)
+
+    # the reconcile thread --------------------------------------------------------------------
+    def loop(self) -> None:
+        while True:
+            batch = self.triggers.get(timeout=1.0)
+            self.heartbeat = self.clock()
+            if batch is None:
+                if self.triggers.closed:
+                    return
+                continue
+            try:
+                self.handle(batch)
+            except Exception as e:  # a bug in the daemon itself: log it, keep running
+                logs.error("internal error (a bug, please report); continuing", exc_info=True, error=str(e))
+                self.metrics.error(BUG)
+                self.status.record_error(BUG, f"internal error: {e}")
+                self.schedule_retry()
+            self.heartbeat = self.clock()
+            if not self.ready_sent:
+                self.ready_sent = True
+                self.notifier.ready(self.status_line())
+
+    def handle(self, batch: Batch) -> None:
+        hup = batch.has("hup")
+        start = batch.has("start")
+        files = batch.has("file")
+        resync = "resync" in batch.timers
+        retry = "retry" in batch.timers
+        now = self.clock()
+        logs.debug("triggered", by=batch.describe(), details=batch.details[:5])
+        if hup:
+            logs.info("SIGHUP: reloading manifests and reconciling now")
+            self.backoff.reset()
+            self.retry_at = None
+            self.triggers.cancel("retry")
+            self.last_error = None
+        if self.retry_at is not None and now < self.retry_at and not (hup or start or files):
+            logs.debug("in backoff: the scheduled retry will cover this", retry_in=round(self.retry_at - now, 3))
+            return
+        changed = False
+        if hup or start or files or resync or retry:
+            changed = self.reload(force=hup or start)
+        if self.desired is None:
+            self.write_status()
+            return
+        drift = batch.has(*DRIFT_SOURCES) or resync
+        needed = changed or drift or hup or start or retry or self.status.last_result not in ("converged", "pending")
+        if not needed:
+            self.write_status()
+            return
+        self.reconcile(batch, changed)
+
+    def reconcile(self, batch: Batch, changed: bool) -> None:
+        desired = self.desired
+        generation = self.generation
+        started = time.time()
+        t0 = self.clock()
+        trigger = batch.describe()
+        self.status.last_trigger = trigger
+        try:
+            out = self.apply(desired)
+        except Exception as e:
+            self.reconcile_failed(e, self.clock() - t0, trigger)
+            return
+        finally:
+            self.after_reconcile()
+        seconds = self.clock() - t0
+        self.status.last_netlink_writes = getattr(out, "netlink_writes", 0)
+        actions = list(out.plan.actions)
+        self.status.last_actions = [action_line(a) for a in actions] if actions else self.status.last_actions
+        pending = [str(p) for p in out.plan.pending]
+        if out.converged:
+            result = "pending" if pending else "converged"
+            self.backoff.reset()
+            self.retry_at = None
+            self.triggers.cancel("retry")
+            self.status.next_retry = 0.0
+            if actions:
+                drift = generation == self.converged_generation
+                what = "repaired drift" if drift else "applied manifest changes"
+                if drift:
+                    self.metrics.drift_repaired()
+                    self.status.drift_repairs += 1
+                add, change, destroy = out.plan.counts()
+                logs.info(
+                    f"reconciled: {what}",
+                    trigger=trigger,
+                    added=add,
+                    changed=change,
+                    destroyed=destroy,
+                    seconds=round(seconds, 3),
+                    netlink_writes=out.netlink_writes,
+                )
+                for a in actions[:MAX_LOGGED_ACTIONS]:
+                    logs.info(f"  {action_line(a)}", op=a.op.value, kind=a.kind.label)
+                if len(actions) > MAX_LOGGED_ACTIONS:
+                    logs.info(f"  ... and {len(actions) - MAX_LOGGED_ACTIONS} more")
+            else:
+                logs.debug("reconciled: no changes", trigger=trigger, seconds=round(seconds, 3))
+            if pending and pending != self.status.pending:
+                for p in pending:
+                    logs.warning(f"pending: {p}")
+            elif not pending and self.status.pending:
+                logs.info("nothing pending any more")
+            self.converged_generation = generation
+            self.last_error = None
+            self.status.last_success = time.time()
+            self.metrics.succeeded(self.status.last_success)
+        else:
+            result = "failed"
+            lines: List[str] = []
+            r = out.result
+            if r is not None:
+                for a, err in r.failed:
+                    lines.append(f"{action_line(a)}: {err}")
+                if out.rollback is not None:
+                    lines.append(f"rolled back {len(out.rollback.done)} action(s) of this run")
+            if out.verify is not None and not out.verify.empty:
+                lines.append(
+                    "verify: the host does not match the manifests after apply: "
+                    + "; ".join(action_line(a) for a in out.verify.actions[:10])
+                )
+            message = "; ".join(lines) or "apply did not converge"
+            delay = self.schedule_retry()
+            logs.error("reconcile failed; retrying", retry_in=delay, trigger=trigger)
+            for line in lines:
+                logs.error(f"  {line}")
+            self.metrics.error(TEMPORARY)
+            self.status.record_error(TEMPORARY, message)
+        self.status.pending = pending
+        self.metrics.set_pending(len(pending))
+        self.finish(result, started, seconds, out.exit_code)
+
+    def reconcile_failed(self, e: BaseException, seconds: float, trigger: str) -> None:
+        cls = classify(e)
+        message = str(e) or type(e).__name__
+        self.metrics.error(cls)
+        self.status.record_error(cls, message)
+        if cls == PERMANENT:
+            result = "rejected"
+            if message != self.last_error:
+                logs.error("reconcile refused; fix the manifests or the host, then it converges", trigger=trigger)
+                for line in message.splitlines():
+                    logs.error(f"  {line}")
+            else:
+                logs.debug("reconcile still refused", error=_first_line(message))
+            self.last_error = message
+            self.retry_at = None
+            self.status.next_retry = 0.0
+        elif cls == TEMPORARY:
+            result = "failed"
+            delay = self.schedule_retry()
+            logs.warning(
+                f"reconcile failed (temporary): {message}", retry_in=delay, error_class=cls, trigger=trigger
+            )
+        else:
+            result = "bug"
+            delay = self.schedule_retry()
+            logs.log(
+                logging.ERROR,
+                f"reconcile failed: internal error (a bug, please report): {message}",
+                exc_info=True,
+                retry_in=delay,
+                error_class=cls,
+            )
+        self.finish(result, time.time() - seconds, seconds, e.exit_code if isinstance(e, ReconcilerError) else 1)
+
+    def schedule_retry(self) -> float:
+        delay = self.backoff.next_delay()
+        self.retry_at = self.clock() + delay
+        self.triggers.schedule("retry", self.retry_at)
+        self.status.next_retry = time.time() + delay
+        return delay
+
+    def after_reconcile(self) -> None:
+        """Periodic resync from now on; monitor our namespaces as they are now."""
+        if self.resync_interval > 0:
+            self.triggers.schedule("resync", self.clock() + self.resync_interval)
+        if self.monitor is not None and self.desired is not None:
+            self.monitor.set_namespaces(self.desired.containers.keys())
+
+    def finish(self, result: str, started: float, seconds: float, exit_code: Optional[int]) -> None:
+        self.metrics.reconciled(result, seconds)
+        self.status.reconciles[result] = self.status.reconciles.get(result, 0) + 1
+        self.status.last_result = result
+        self.status.last_reconcile = time.time()
+        self.status.last_duration = seconds
+        self.status.last_exit_code = exit_code
+        self.write_status()
+        self.notifier.status(self.status_line())
+
+    # reporting -------------------------------------------------------------------------------
+    def status_line(self) -> str:
+        s = self.status
+        if self.desired is None:
+            if s.manifest_missing:
+                return "waiting: manifest path missing"
+            if s.manifest_valid is False:
+                return f"manifest error: {s.manifest_errors[0] if s.manifest_errors else ''}"
+            return "starting"
+        parts = []
+        res = s.last_result or "not reconciled yet"
+        if res == "pending":
+            parts.append(f"converged except {len(s.pending)} pending object(s)")
+        elif res in ("failed", "bug"):
+            parts.append(f"error, retry at {iso(s.next_retry)}")
+        elif res == "rejected":
+            parts.append("refused (see log)")
+        else:
+            parts.append(res)
+        d = self.desired
+        parts.append(f"{len(d.networks)} networks, {len(d.containers)} containers")
+        if s.last_reconcile:
+            parts.append(f"last reconcile {iso(s.last_reconcile)} ({s.last_duration:.2f}s)")
+        if s.manifest_valid is False:
+            parts.append("manifests invalid: enforcing the last valid state")
+        if s.manifest_missing:
+            parts.append("manifest path missing")
+        return "; ".join(parts)
+
+    def write_status(self) -> None:
+        if not self.status_file:
+            return
+        try:
+            write_status(self.status_file, self.status.to_json())
+        except OSError as e:
+            if not self._status_warned:
+                logs.warning("cannot write the status file", path=self.status_file, error=e.strerror or str(e))
+                self._status_warned = True
+
+    # lifecycle -------------------------------------------------------------------------------
+    def start_watchers(self) -> None:
+        from .fswatch import ManifestWatcher
+        from .nlmonitor import NetlinkMonitor
+
+        if self.metrics_addr:
+            host, port = parse_addr(self.metrics_addr)
+            self.metrics_server = MetricsServer(self.metrics, host, port)
+            self.metrics_server.start()
+            logs.info("metrics listening", address=f"{self.metrics_server.address[0]}:{self.metrics_server.address[1]}")
+        self.watcher = ManifestWatcher(self.paths, lambda detail: self.triggers.put("file", detail))
+        self.watcher.start()
+        from ..kernel.host import Kernel
+
+        self.monitor_kernel = Kernel()
+        self.monitor = NetlinkMonitor(
+            self.monitor_kernel, lambda src, detail: self.triggers.put(src, detail), netns_poll=self.netns_poll
+        )
+        self.monitor.start()
+
+    def stop_watchers(self) -> None:
+        for name, fn in (
+            ("manifest watcher", lambda: self.watcher and self.watcher.stop()),
+            ("netlink monitor", lambda: self.monitor and self.monitor.stop()),
+            ("kernel", lambda: self.monitor_kernel and self.monitor_kernel.close()),
+            ("metrics server", lambda: self.metrics_server and self.metrics_server.stop()),
+        ):
+            try:
+                fn()
+            except Exception as e:
+                logs.warning(f"stopping the {name} failed", error=str(e))
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # before any thread starts
+        logs.info(
+            "starting",
+            paths=self.paths,
+            state_dir=self.state_dir,
+            status_file=self.status_file,
+            debounce=self.triggers.debounce,
+            resync_interval=self.resync_interval,
+        )
+        try:
+            self.start_watchers()
+        except BaseException:
+            self.stop_watchers()
+            raise
+        self.status.phase = "running"
+        self.triggers.put("start", "daemon started", immediate=True)
+        self.thread = threading.Thread(target=self.loop, name="reconcile", daemon=True)
+        self.thread.start()
+        wd = self.notifier.watchdog_interval
+        next_ping = self.clock()
+        code = 0
+        try:
+            while True:
+                timeout = 1.0 if wd is None else max(0.05, min(1.0, next_ping - self.clock()))
+                info = signal.sigtimedwait(SIGNALS, timeout)
+                if info is not None:
+                    if info.si_signo == signal.SIGHUP:
+                        self.triggers.put("hup", "SIGHUP", immediate=True)
+                    else:
+                        logs.info(f"{signal.Signals(info.si_signo).name}: stopping; the network stays as it is")
+                        break
+                if not self.thread.is_alive():
+                    logs.error("the reconcile thread ended unexpectedly; exiting")
+                    code = 1
+                    break
+                if wd is not None and self.clock() >= next_ping:
+                    # ping only while the reconcile thread makes progress (a stuck
+                    # netlink call or lock stops the pings and systemd restarts us)
+                    if self.clock() - self.heartbeat < 2 * wd + self.lock_timeout:
+                        self.notifier.watchdog()
+                    next_ping = self.clock() + wd
+        finally:
+            self.stopping = True
+            self.status.phase = "stopping"
+            self.notifier.stopping("stopping; the network stays as it is")
+            self.triggers.close()
+            if self.thread.is_alive():
+                self.thread.join()
+            self.stop_watchers()
+            self.status.phase = "stopped"
+            self.write_status()
+            logs.info("stopped")
+        return code
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    logs.setup(getattr(args, "log_format", "text"), getattr(args, "log_level", "info"))
+    if os.geteuid() != 0:
+        raise UserError("watch changes network namespaces and needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)")
+    if getattr(args, "debounce", 0.5) < 0:
+        raise UserError("--debounce must not be negative")
+    daemon = Daemon(
+        paths=args.paths,
+        state_dir=args.state_dir,
+        status_file=getattr(args, "status_file", DEFAULT_STATUS_FILE) or None,
+        debounce=getattr(args, "debounce", 0.5),
+        resync_interval=getattr(args, "resync_interval", 60.0),
+        lock_timeout=getattr(args, "lock_timeout", 30.0),
+        backoff_cap=getattr(args, "max_backoff", 60.0),
+        metrics_addr=getattr(args, "metrics_addr", None),
+    )
+    return daemon.run()
