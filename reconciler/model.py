@@ -87,11 +87,11 @@ class Subnet:
     aux_addresses: Tuple[Tuple[str, IPAddress], ...] = ()
     auto: bool = False  # the cidr was (or will be) chosen by IPAM, not the user
     loc: Location = field(default=NOWHERE, compare=False)
+    family: int = 4  # 4 or 6; the only record of the family while cidr is None (auto)
 
     @property
     def version(self) -> int:
-        assert self.cidr is not None
-        return self.cidr.version
+        return self.cidr.version if self.cidr is not None else self.family
 
 
 @dataclass(frozen=True)

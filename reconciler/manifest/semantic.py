@@ -1,0 +1,640 @@
+"""Semantic rules of the manifest format (SPEC sections 2 and 3) and the model they build.
+
+Input: schema-valid documents (values with positions, see ``yamlload``).
+Output: a :class:`model.DesiredState` with defaults applied, and every problem
+found, each at the position of the offending key or value. Nothing here needs
+the kernel: rules that do (the parent's own addresses, whether a link exists)
+belong to the planner.
+
+Entries that failed the schema are not checked again here (their errors are
+already reported), but their names count: a container attached to a network
+whose definition has a typo is not also told the network is unknown.
+"""
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+from ..errors import Diagnostic
+from ..model import (
+    Attachment,
+    Container,
+    DesiredState,
+    Flag,
+    IPAddress,
+    IPNetwork,
+    Location,
+    Mode,
+    Network,
+    ParentKind,
+    Subnet,
+    Vlan,
+    Warning_,
+    dummy_parent_name,
+)
+from .yamlload import Document, Pos, YMap
+
+IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL: names have at most 15 bytes
+MAX_ATTACHMENTS = 16
+_VLAN_PARENT = re.compile(r"^(.*)\.([0-9]+)$")
+_KIND_WORD = {"networks": "network", "vlans": "vlan", "containers": "container"}
+
+
+class Entry:
+    """One named entry of a section, as found in one file."""
+
+    __slots__ = ("kind", "name", "doc", "value", "kpos", "checked")
+
+    def __init__(self, kind: str, name: str, doc: Document, value: Any, kpos: Pos, checked: bool):
+        self.kind = kind  # networks | vlans | containers
+        self.name = name
+        self.doc = doc
+        self.value = value  # YMap, or None for an empty entry
+        self.kpos = kpos
+        self.checked = checked  # schema-valid: the semantic rules apply
+
+    @property
+    def loc(self) -> Location:
+        return self.doc.loc(self.kpos)
+
+    def vpos(self, key: str) -> Pos:
+        v = self.value
+        if isinstance(v, YMap):
+            return v.vpos.get(key, self.kpos)
+        return self.kpos
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.value.get(key, default) if isinstance(self.value, dict) else default
+
+
+@dataclass
+class _NetInfo:
+    """What container checks need to know about a network."""
+
+    net: Network
+    entry: Entry
+    explicit: Dict[int, List[IPNetwork]] = field(default_factory=lambda: {4: [], 6: []})
+    # address -> why it cannot be a container's ("the gateway of subnet ...")
+    reserved: Dict[IPAddress, str] = field(default_factory=dict)
+    # address -> (container, location) that took it
+    used: Dict[IPAddress, Tuple[str, Location]] = field(default_factory=dict)
+    partial: bool = False  # a subnet could not be read: "outside the subnets" is not known
+    parent_error: bool = False  # the parent is wrong (already reported)
+
+
+class _Checker:
+    def __init__(self, entries: Dict[str, List[Entry]], incomplete: bool):
+        self.entries = entries
+        self.incomplete = incomplete  # some file could not be read: names may be missing
+        self.diags: List[Diagnostic] = []
+        self.warnings: List[Warning_] = []
+
+    def source_line(self, loc: Location) -> Optional[str]:
+        for es in self.entries.values():
+            for e in es:
+                if e.doc.file == loc.file:
+                    return e.doc.line(loc.line)
+        return None
+
+    def err(self, doc: Document, pos: Pos, message: str) -> None:
+        self.diags.append(doc.diag(pos, message))
+
+    # ---- names --------------------------------------------------------------------------
+
+    def unique(self, kind: str) -> Dict[str, Entry]:
+        """First entry of each name; a later one with the same name is an error."""
+        out: Dict[str, Entry] = {}
+        word = _KIND_WORD[kind]
+        for e in self.entries.get(kind, ()):
+            first = out.get(e.name)
+            if first is None:
+                out[e.name] = e
+                continue
+            self.err(
+                e.doc,
+                e.kpos,
+                f"{word} {e.name} is defined twice: here and at {first.loc} "
+                f"({word} names are unique across all manifest files)",
+            )
+        return out
+
+    # ---- interface names -----------------------------------------------------------------
+
+    def ifname_ok(self, doc: Document, pos: Pos, name: str, what: str) -> bool:
+        n = len(name.encode("utf-8"))
+        if n >= IFNAMSIZ:
+            self.err(doc, pos, f"{what} {name!r} is {n} bytes long; Linux interface names have at most {IFNAMSIZ - 1}")
+            return False
+        return True
+
+    # ---- vlans -------------------------------------------------------------------------
+
+    def vlan(self, e: Entry) -> Optional[Vlan]:
+        ok = self.ifname_ok(e.doc, e.kpos, e.name, "vlan name")
+        link, vid = e.get("link"), e.get("id")
+        if e.name == "lo":
+            self.err(e.doc, e.kpos, "vlan name 'lo' is the loopback interface's name")
+            ok = False
+        if link == "lo":
+            self.err(e.doc, e.vpos("link"), f"vlan {e.name}: link lo is the loopback interface; it cannot carry VLANs")
+            ok = False
+        elif link == e.name:
+            self.err(e.doc, e.vpos("link"), f"vlan {e.name}: link {link} is the VLAN itself")
+            ok = False
+        elif not self.ifname_ok(e.doc, e.vpos("link"), link, f"vlan {e.name}: link"):
+            ok = False
+        m = _VLAN_PARENT.match(e.name)
+        if m and m.group(1) and (m.group(1) != link or int(m.group(2)) != vid):
+            self.err(
+                e.doc,
+                e.kpos,
+                f"vlan {e.name} has link {link} and id {vid}, but its name means link {m.group(1)} "
+                f"VLAN {int(m.group(2))} (like parent: {e.name} would); match them or choose another name",
+            )
+            ok = False
+        if not ok:
+            return None
+        return Vlan(e.name, link, int(vid), declared=True, loc=e.loc)
+
+    # ---- networks ----------------------------------------------------------------------
+
+    def network(self, e: Entry, declared_vlans: Set[str]) -> Tuple[Optional[_NetInfo], Optional[Vlan]]:
+        """Build one network; returns its info and the VLAN its parent implies (if any)."""
+        doc, name = e.doc, e.name
+        nerr = len(self.diags)
+        mode = Mode(e.get("ipvlan_mode", "l2"))
+        flag = Flag(e.get("ipvlan_flag", "bridge"))
+        internal_given = bool(e.get("internal", False))
+        ipv6 = bool(e.get("ipv6", False))
+        parent_given = e.get("parent")
+        implied: Optional[Vlan] = None
+        kind = ParentKind.DUMMY
+        if parent_given is not None:
+            ppos = e.vpos("parent")
+            if internal_given:
+                self.err(
+                    doc,
+                    ppos,
+                    f"network {name}: internal: true and a parent exclude each other (an internal "
+                    "network is isolated on a private dummy link); remove one of them",
+                )
+            elif parent_given == "lo":
+                self.err(doc, ppos, f"network {name}: parent lo (the loopback interface) cannot carry ipvlan")
+            elif self.ifname_ok(doc, ppos, parent_given, f"network {name}: parent"):
+                if parent_given in declared_vlans:
+                    kind = ParentKind.DECLARED_VLAN
+                else:
+                    m = _VLAN_PARENT.match(parent_given)
+                    if m:
+                        link, vid = m.group(1), int(m.group(2))
+                        if not link:
+                            self.err(doc, ppos, f"network {name}: parent {parent_given!r} needs a link name before the dot (<link>.<vlan id>)")
+                        elif link == "lo":
+                            self.err(doc, ppos, f"network {name}: parent {parent_given}: lo (the loopback interface) cannot carry VLANs")
+                        elif not 1 <= vid <= 4094:
+                            self.err(
+                                doc,
+                                ppos,
+                                f"network {name}: parent {parent_given}: VLAN id {vid} is out of range 1-4094",
+                            )
+                        else:
+                            kind = ParentKind.VLAN
+                            implied = Vlan(parent_given, link, vid, declared=False, loc=doc.loc(ppos))
+                    else:
+                        kind = ParentKind.EXISTING
+        internal = internal_given or parent_given is None
+        parent = parent_given if parent_given is not None and not internal_given else dummy_parent_name(name)
+
+        info = _NetInfo(net=Network(name), entry=e)  # net filled in below
+        info.parent_error = len(self.diags) != nerr
+        subnets: List[Subnet] = []
+        raw = e.get("subnets") or []
+        spos_list = getattr(raw, "ipos", None) or [e.vpos("subnets")] * len(raw)
+        seen_nets: List[Tuple[IPNetwork, Pos]] = []
+        aux_names: Dict[str, Pos] = {}
+        for item, spos in zip(raw, spos_list):
+            s = self.subnet(e, mode, ipv6, item, spos, info, seen_nets, aux_names)
+            if s is not None:
+                subnets.append(s)
+        families = {s.cidr.version for s in subnets if s.cidr is not None}
+        if 4 not in families:
+            # none given, or only IPv6 ones: the default pools provide IPv4 (as the seed does)
+            subnets.append(Subnet(cidr=None, auto=True, family=4, loc=e.loc))
+        if ipv6 and 6 not in families:
+            subnets.append(Subnet(cidr=None, auto=True, family=6, loc=e.loc))
+        info.net = Network(
+            name=name,
+            mode=mode,
+            flag=flag,
+            parent=parent,
+            parent_kind=kind,
+            internal=internal,
+            ipv6=ipv6,
+            subnets=tuple(subnets),
+            loc=e.loc,
+        )
+        return info, implied
+
+    def subnet(
+        self,
+        e: Entry,
+        mode: Mode,
+        ipv6: bool,
+        item: Any,
+        spos: Pos,
+        info: _NetInfo,
+        seen_nets: List[Tuple[IPNetwork, Pos]],
+        aux_names: Dict[str, Pos],
+    ) -> Optional[Subnet]:
+        doc, name = e.doc, e.name
+        nerr = len(self.diags)
+
+        def vp(key: str) -> Pos:
+            return item.vpos.get(key, spos) if isinstance(item, YMap) else spos
+
+        ctx = f"network {name}"
+        cidr = self.parse_network(doc, vp("subnet"), item.get("subnet"), f"{ctx}: subnet")
+        if cidr is None:
+            info.partial = True
+            return None
+        if cidr.version == 6 and not ipv6:
+            self.err(doc, vp("subnet"), f"{ctx}: IPv6 subnet {cidr} needs `ipv6: true` on the network")
+        for other, opos in seen_nets:
+            if other.version == cidr.version and other.overlaps(cidr):
+                self.err(
+                    doc,
+                    vp("subnet"),
+                    f"{ctx}: subnet {cidr} overlaps subnet {other} (line {opos.line + 1}) of the same network",
+                )
+                break
+        seen_nets.append((cidr, vp("subnet")))
+
+        gateway: Optional[IPAddress] = None
+        if "gateway" in item:
+            gpos = vp("gateway")
+            gw = self.parse_address(doc, gpos, item["gateway"], f"{ctx}: gateway")
+            if gw is not None:
+                if mode is not Mode.L2:
+                    self.warnings.append(
+                        Warning_(
+                            doc.loc(gpos),
+                            f"{ctx} is {mode.value}: gateway {gw} is ignored (containers get "
+                            f"'default dev <interface>', as in ipvlan {mode.value} mode)",
+                        )
+                    )
+                elif self.in_subnet(doc, gpos, gw, cidr, f"{ctx}: gateway"):
+                    gateway = gw
+        elif mode is Mode.L2:
+            if cidr.num_addresses < 2:
+                self.err(
+                    doc,
+                    vp("subnet"),
+                    f"{ctx}: subnet {cidr} has no room for the default gateway (the first usable "
+                    "address); give a gateway or a larger subnet",
+                )
+            else:
+                gateway = cidr[1]
+        if gateway is not None:
+            how = "gateway" if "gateway" in item else "default gateway (the first usable address)"
+            info.reserved[gateway] = f"the {how} of subnet {cidr}"
+
+        ip_range: Optional[IPNetwork] = None
+        if "ip_range" in item:
+            rpos = vp("ip_range")
+            r = self.parse_network(doc, rpos, item["ip_range"], f"{ctx}: ip_range")
+            if r is not None:
+                if r.version != cidr.version:
+                    self.err(doc, rpos, f"{ctx}: ip_range {r} is IPv{r.version} but subnet {cidr} is IPv{cidr.version}")
+                elif not r.subnet_of(cidr):  # type: ignore[arg-type]
+                    self.err(doc, rpos, f"{ctx}: ip_range {r} is not inside subnet {cidr}")
+                else:
+                    ip_range = r
+
+        aux: List[Tuple[str, IPAddress]] = []
+        raw_aux = item.get("aux_addresses") or {}
+        for aname, atext in raw_aux.items():
+            apos = raw_aux.vpos.get(aname, spos) if isinstance(raw_aux, YMap) else spos
+            kpos = raw_aux.kpos.get(aname, spos) if isinstance(raw_aux, YMap) else spos
+            what = f"{ctx}: aux address {aname}"
+            if aname in aux_names:
+                first = aux_names[aname]
+                self.err(doc, kpos, f"{what} is defined twice in the network (first at line {first.line + 1})")
+                continue
+            aux_names[aname] = kpos
+            a = self.parse_address(doc, apos, atext, what)
+            if a is None or not self.in_subnet(doc, apos, a, cidr, what):
+                continue
+            why = info.reserved.get(a)
+            if why is not None:
+                self.err(doc, apos, f"{what}: {a} is already {why}")
+                continue
+            info.reserved[a] = f"reserved as aux address {aname!r}"
+            aux.append((aname, a))
+
+        info.explicit[cidr.version].append(cidr)
+        if len(self.diags) != nerr:
+            return None
+        return Subnet(
+            cidr=cidr,
+            gateway=gateway,
+            ip_range=ip_range,
+            aux_addresses=tuple(aux),
+            auto=False,
+            loc=doc.loc(spos),
+            family=cidr.version,
+        )
+
+    # ---- addresses ---------------------------------------------------------------------
+
+    def parse_network(self, doc: Document, pos: Pos, text: str, what: str) -> Optional[IPNetwork]:
+        if "/" not in text:
+            try:
+                a = ipaddress.ip_address(text)
+                self.err(
+                    doc,
+                    pos,
+                    f"{what} {text} has no prefix length; write it in CIDR notation, "
+                    f"e.g. {text}/{24 if a.version == 4 else 64}",
+                )
+            except ValueError:
+                self.err(doc, pos, f"{what} {text!r} is not an IPv4 or IPv6 network in CIDR notation (like 192.168.1.0/24)")
+            return None
+        if "%" in text:
+            self.err(doc, pos, f"{what} {text!r}: a zone index (%...) is not allowed")
+            return None
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            self.err(doc, pos, f"{what} {text!r} is not an IPv4 or IPv6 network in CIDR notation (like 192.168.1.0/24)")
+            return None
+        if ipaddress.ip_interface(text).ip != loose.network_address:
+            self.err(doc, pos, f"{what} {text} has host bits set; did you mean {loose}?")
+        return loose  # after a host-bits error, keep checking with the network it means
+
+    def parse_address(self, doc: Document, pos: Pos, text: str, what: str) -> Optional[IPAddress]:
+        if "%" in text:
+            self.err(doc, pos, f"{what} {text!r}: a zone index (%...) is not allowed")
+            return None
+        try:
+            return ipaddress.ip_address(text)
+        except ValueError:
+            hint = " (an address, without /prefix)" if "/" in text else ""
+            self.err(doc, pos, f"{what} {text!r} is not an IPv4 or IPv6 address{hint}")
+            return None
+
+    def in_subnet(self, doc: Document, pos: Pos, addr: IPAddress, net: IPNetwork, what: str) -> bool:
+        if addr.version != net.version:
+            self.err(doc, pos, f"{what} {addr} is IPv{addr.version} but subnet {net} is IPv{net.version}")
+            return False
+        if addr not in net:
+            self.err(doc, pos, f"{what} {addr} is outside subnet {net}")
+            return False
+        special = _special(addr, net)
+        if special:
+            self.err(doc, pos, f"{what} {addr} is the {special} of subnet {net}")
+            return False
+        return True
+
+    # ---- containers --------------------------------------------------------------------
+
+    def container(self, e: Entry, nets: Dict[str, Entry], infos: Dict[str, _NetInfo]) -> Optional[Container]:
+        # hot: runs once per container; messages are only formatted on errors
+        doc, name = e.doc, e.name
+        nerr = len(self.diags)
+        attachments: List[Attachment] = []
+        raw = e.get("networks") or {}
+        kposd = raw.kpos if isinstance(raw, YMap) else {}
+        for i, (nname, att) in enumerate(raw.items()):
+            kpos = kposd.get(nname, e.kpos)
+            info = infos.get(nname)
+            if info is None and nname not in nets:
+                if not self.incomplete:
+                    close = difflib.get_close_matches(nname, list(nets), n=1, cutoff=0.6)
+                    hint = f" (did you mean {close[0]}?)" if close else ""
+                    self.err(doc, kpos, f"container {name}: unknown network {nname!r}{hint}")
+                continue
+            ip = ip6 = None
+            aliases: Tuple[str, ...] = ()
+            if att:
+                vpos = att.vpos if isinstance(att, YMap) else {}
+                if info is not None:
+                    text = att.get("ip")
+                    if text is not None:
+                        ip = self.attach_address(e, nname, info, text, "ip", 4, vpos.get("ip", kpos))
+                    text = att.get("ip6")
+                    if text is not None:
+                        ip6 = self.attach_address(e, nname, info, text, "ip6", 6, vpos.get("ip6", kpos))
+                al = att.get("aliases")
+                if al:
+                    aliases = tuple(al)
+            attachments.append(Attachment(nname, _ifname(i), ip, ip6, aliases, doc.loc(kpos)))
+        if len(attachments) > MAX_ATTACHMENTS:  # the schema says so too; belt and braces
+            self.err(doc, e.kpos, f"container {name}: at most {MAX_ATTACHMENTS} networks")
+        if len(self.diags) != nerr:
+            return None
+        return Container(name, tuple(attachments), e.loc)
+
+    def attach_address(
+        self, e: Entry, nname: str, info: _NetInfo, text: str, key: str, fam: int, pos: Pos
+    ) -> Optional[IPAddress]:
+        doc = e.doc
+        net = info.net
+        addr = _fast_address(text)
+        if addr is None:
+            addr = self.parse_address(doc, pos, text, f"container {e.name} network {nname}: {key}")
+            if addr is None:
+                return None
+        ctx = None  # formatted on error only
+        if addr.version != fam:
+            other = "ip6" if fam == 4 else "ip"
+            ctx = f"container {e.name} network {nname}"
+            self.err(doc, pos, f"{ctx}: {key} {addr} is IPv{addr.version}; use {other} for IPv{addr.version} addresses")
+            return None
+        if fam == 6 and not net.ipv6:
+            ctx = f"container {e.name} network {nname}"
+            self.err(doc, pos, f"{ctx}: ip6 {addr} needs `ipv6: true` on network {net.name} ({net.loc})")
+            return None
+        subs = info.explicit[fam]
+        inside = None
+        for sub in subs:
+            if addr in sub:
+                inside = sub
+                break
+        if inside is None:
+            if info.partial:
+                return None  # its subnet may be the one that could not be read
+            ctx = f"container {e.name} network {nname}"
+            if not subs:
+                self.err(
+                    doc,
+                    pos,
+                    f"{ctx}: {key} {addr} needs an explicit IPv{fam} subnet on network {net.name} "
+                    f"({net.loc}); the automatic one is not known before it is chosen",
+                )
+            else:
+                self.err(
+                    doc,
+                    pos,
+                    f"{ctx}: {key} {addr} is outside the IPv{fam} subnets of network {net.name} "
+                    f"({', '.join(str(s) for s in subs)})",
+                )
+            return None
+        special = _special(addr, inside)
+        if special:
+            ctx = f"container {e.name} network {nname}"
+            self.err(doc, pos, f"{ctx}: {key} {addr} is the {special} of subnet {inside}")
+            return None
+        why = info.reserved.get(addr)
+        if why is not None:
+            ctx = f"container {e.name} network {nname}"
+            self.err(doc, pos, f"{ctx}: {key} {addr} is {why}")
+            return None
+        prev = info.used.get(addr)
+        if prev is not None:
+            ctx = f"container {e.name} network {nname}"
+            self.err(doc, pos, f"{ctx}: {key} {addr} is already used by container {prev[0]} ({prev[1]})")
+            return None
+        info.used[addr] = (e.name, doc.loc(pos))
+        return addr
+
+    # ---- everything --------------------------------------------------------------------
+
+    def run(self) -> DesiredState:
+        vlan_entries = self.unique("vlans")
+        net_entries = self.unique("networks")
+        cont_entries = self.unique("containers")
+
+        declared: Dict[str, Vlan] = {}
+        for name, e in vlan_entries.items():
+            if e.checked:
+                v = self.vlan(e)
+                if v is not None:
+                    declared[name] = v
+        declared_names = {n for n, e in vlan_entries.items()}
+
+        infos: Dict[str, _NetInfo] = {}
+        implied: Dict[str, Tuple[Vlan, str]] = {}  # vlan name -> (vlan, network)
+        parents: Dict[str, Tuple[str, Location]] = {}  # parent -> (network, where)
+        for name, e in net_entries.items():
+            if not e.checked:
+                continue
+            info, vlan = self.network(e, declared_names)
+            if info is None:
+                continue
+            infos[name] = info  # containers are checked against it even if it has errors
+            net = info.net
+            if info.parent_error:
+                continue
+            wpos = e.vpos("parent") if "parent" in (e.value or {}) else e.kpos
+            first = parents.get(net.parent)
+            if first is not None:
+                what = f"parent {net.parent}" if net.parent_kind is not ParentKind.DUMMY else f"dummy parent {net.parent}"
+                self.err(
+                    e.doc,
+                    wpos,
+                    f"network {name}: {what} is already the parent of network {first[0]} ({first[1]}); "
+                    "two networks cannot share a parent (the kernel has one ipvlan mode per parent)",
+                )
+                continue
+            parents[net.parent] = (name, e.doc.loc(wpos))
+            if vlan is not None and vlan.name not in implied:
+                implied[vlan.name] = (vlan, name)
+
+        # one VLAN link per (link, id): declared and implied VLANs must not collide
+        by_id: Dict[Tuple[str, int], Vlan] = {}
+        vlans: Dict[str, Vlan] = {}
+        for v in list(declared.values()) + [v for v, _ in implied.values()]:
+            first = by_id.get((v.link, v.vid))
+            if first is not None:
+                what = f"vlan {v.name}" if v.declared else f"parent {v.name}"
+                fwhat = f"vlan {first.name}" if first.declared else f"the VLAN of parent {first.name}"
+                hint = f"; use parent: {first.name}" if (first.declared and not v.declared) else ""
+                self.diags.append(
+                    Diagnostic(
+                        v.loc,
+                        f"{what}: VLAN {v.vid} on {v.link} is already {fwhat} ({first.loc}); "
+                        f"the kernel allows one VLAN link per id on a link{hint}",
+                        self.source_line(v.loc),
+                    )
+                )
+                continue
+            by_id[(v.link, v.vid)] = v
+            vlans[v.name] = v
+
+        containers: Dict[str, Container] = {}
+        for name, e in cont_entries.items():
+            if not e.checked:
+                continue
+            c = self.container(e, net_entries, infos)
+            if c is not None:
+                containers[name] = c
+
+        return DesiredState(
+            networks={n: i.net for n, i in infos.items()},
+            vlans=vlans,
+            containers=containers,
+            warnings=tuple(self.warnings),
+        )
+
+
+_IFNAMES = tuple(f"eth{i}" for i in range(MAX_ATTACHMENTS))
+
+
+def _ifname(i: int) -> str:
+    return _IFNAMES[i] if i < MAX_ATTACHMENTS else f"eth{i}"
+
+
+def _fast_address(text: str) -> Optional[IPAddress]:
+    """inet_pton is ~5x faster than ipaddress' parser and as strict (no leading zeros,
+    no zone index); None: let ipaddress parse it and explain what is wrong."""
+    try:
+        if ":" in text:
+            return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError):
+        return None
+
+
+def _special(addr: IPAddress, net: IPNetwork) -> Optional[str]:
+    """'network address' / 'broadcast address' when addr is one that no host may use."""
+    if net.version == 4 and net.prefixlen <= 30:
+        if addr == net.network_address:
+            return "network address"
+        if addr == net.broadcast_address:
+            return "broadcast address"
+    if net.version == 6 and net.prefixlen <= 126 and addr == net.network_address:
+        return "subnet-router anycast address (::)"
+    return None
+
+
+def collect(docs: Sequence[Document], schema_bad: Dict[int, Set[Tuple[Any, ...]]]) -> Dict[str, List[Entry]]:
+    """Every named entry of every document, in file and manifest order."""
+    out: Dict[str, List[Entry]] = {k: [] for k in _KIND_WORD}
+    for i, doc in enumerate(docs):
+        root = doc.root
+        if not doc.ok or not isinstance(root, dict):
+            continue
+        bad = schema_bad.get(i, set())
+        whole_bad = () in bad
+        for kind in _KIND_WORD:
+            section = root.get(kind)
+            if not isinstance(section, dict):
+                continue
+            for name, value in section.items():
+                kpos = section.kpos.get(name, doc.root_pos) if isinstance(section, YMap) else doc.root_pos
+                checked = not whole_bad and (kind, name) not in bad
+                out[kind].append(Entry(kind, name, doc, value, kpos, checked))
+    return out
+
+
+def check(
+    docs: Sequence[Document], schema_bad: Dict[int, Set[Tuple[Any, ...]]], incomplete: bool
+) -> Tuple[DesiredState, List[Diagnostic]]:
+    """Apply every semantic rule; returns the desired state and the problems found."""
+    c = _Checker(collect(docs, schema_bad), incomplete)
+    state = c.run()
+    return state, c.diags
