@@ -356,7 +356,17 @@ def status_text(data: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    import gc
+
     args = build_parser().parse_args(argv)
+    gc_was_enabled = gc.isenabled()
+    if args.command != "watch":
+        # One-shot commands build one large object graph (a 10,000-container manifest is
+        # about a million objects), use it and exit. The cyclic collector would walk the
+        # whole growing heap again and again meanwhile -- measured as ~40% of `plan
+        # --offline` at 10,000 containers; reference counting still frees everything
+        # that is not a cycle. The daemon keeps the collector (long-lived process).
+        gc.disable()
     try:
         return int(args.func(args))
     except ReconcilerError as e:
@@ -370,6 +380,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         traceback.print_exc()
         print(f"ipvlanctl: internal error (a bug, please report): {e}", file=sys.stderr)
         return Bug.exit_code
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 if __name__ == "__main__":
