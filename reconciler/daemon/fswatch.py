@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
@@ -146,13 +147,22 @@ def _identity(path: str) -> Optional[Tuple[int, int]]:
 
 
 class ManifestWatcher:
-    """Calls ``notify(detail)`` for every relevant file event (from watchdog's thread)."""
+    """Calls ``notify(detail)`` for every relevant file event (from watchdog's thread).
 
-    def __init__(self, paths: List[str], notify: Callable[[str], None]):
+    It also tracks manifests that are open for writing: written to (IN_MODIFY or
+    created) and not closed yet (no IN_CLOSE_WRITE). A file being written in place
+    may be half-written yet valid YAML (say, cut before its ``containers:``), which
+    would remove containers; the daemon does not read while :meth:`writing` names
+    a file, and the close event triggers the read. A writer that keeps a file open
+    longer than ``write_timeout`` seconds is not waited for any more."""
+
+    def __init__(self, paths: List[str], notify: Callable[[str], None], write_timeout: float = 30.0):
         from watchdog.observers import Observer
 
         self.paths = list(paths)
         self.notify = notify
+        self.write_timeout = write_timeout
+        self._writing: Dict[str, float] = {}
         self.observer = Observer()
         self.observer.daemon = True
         self._lock = threading.Lock()
@@ -203,11 +213,32 @@ class ManifestWatcher:
                 added = True
         return added
 
+    def writing(self) -> List[str]:
+        """Manifests open for writing right now (see the class docstring)."""
+        now = time.monotonic()
+        with self._lock:
+            for p, since in list(self._writing.items()):
+                if now - since > self.write_timeout or not os.path.lexists(p):
+                    del self._writing[p]
+            return sorted(self._writing)
+
+    def _track_write(self, event_type: str, src: str, dest: str) -> None:
+        if event_type in ("created", "modified"):
+            if not os.path.islink(src) and is_manifest_name(os.path.basename(src)):
+                self._writing.setdefault(src, time.monotonic())
+        elif event_type in ("closed", "deleted"):
+            self._writing.pop(src, None)
+        elif event_type == "moved":
+            self._writing.pop(src, None)
+            if dest:
+                self._writing.pop(dest, None)
+
     def relevant(self, event_type: str, src: str, dest: str = "") -> Optional[str]:
         """The detail to report when this event matters, else None."""
         if event_type not in RELEVANT_EVENTS:
             return None
         with self._lock:
+            self._track_write(event_type, src, dest)
             rules = self._rules
             for p in (src, dest):
                 if not p:

@@ -111,6 +111,7 @@ class Daemon:
         self.retry_at: Optional[float] = None
         self.last_error: Optional[str] = None  # to log a repeated permanent error only once
         self.last_missing: List[str] = []
+        self.last_writing: List[str] = []
         self.ready_sent = False
         self.heartbeat = clock()
         self.stopping = False
@@ -151,6 +152,18 @@ class Daemon:
     # manifests -----------------------------------------------------------------------------
     def reload(self, force: bool = False) -> bool:
         """Re-read every manifest. True when a new desired state is now in force."""
+        writing = self.watcher.writing() if self.watcher is not None else []
+        if writing:
+            # a manifest is being written in place: its content may be half there (and
+            # still valid YAML); its close event triggers the read
+            if writing != self.last_writing:
+                logs.info("waiting for manifests being written to be closed", files=writing)
+            self.last_writing = writing
+            self.triggers.schedule("settle", self.clock() + self.watcher.write_timeout)
+            return False
+        if self.last_writing:
+            self.last_writing = []
+            self.triggers.cancel("settle")
         digest, files, missing = fingerprint(self.paths)
         if self.watcher is not None and self.watcher.refresh():
             # a watch was (re)placed: anything that changed before it was in place is in
@@ -265,6 +278,7 @@ class Daemon:
         start = batch.has("start")
         files = batch.has("file")
         resync = "resync" in batch.timers
+        settle = "settle" in batch.timers
         retry = "retry" in batch.timers
         now = self.clock()
         logs.debug("triggered", by=batch.describe(), details=batch.details[:5])
@@ -278,7 +292,7 @@ class Daemon:
             logs.debug("in backoff: the scheduled retry will cover this", retry_in=round(self.retry_at - now, 3))
             return
         changed = False
-        if hup or start or files or resync or retry:
+        if hup or start or files or resync or retry or settle:
             changed = self.reload(force=hup or start)
         if self.desired is None:
             self.write_status()

@@ -751,3 +751,29 @@ def test_unchanged_manifest_touch_does_not_reconcile(tmp_path, quiet_logs):
     os.utime(h.dir / "a.yaml")
     h.step("file", immediate=False)
     assert len(h.applied) == n and h.loads == loads  # same content: not even parsed
+
+
+def test_watcher_tracks_files_open_for_writing(tmp_path, watcher_factory):
+    d = tmp_path / "m"
+    d.mkdir()
+    w, c = watcher_factory([d])
+    f = open(d / "a.yaml", "w")
+    f.write("version: 1\nnetworks:\n")
+    f.flush()
+    c.wait(lambda s: "a.yaml" in s)
+    assert w.writing() == [str(d / "a.yaml")]  # half-written: the daemon will not read it
+    f.write("  n: {}\n")
+    f.close()
+    c.wait(lambda s: s.startswith("closed"))
+    assert w.writing() == []
+    os.symlink("a.yaml", d / "b.yaml")  # symlinks are never "open for writing"
+    c.wait(lambda s: "b.yaml" in s)
+    assert w.writing() == []
+    w.write_timeout = 0.0  # a writer holding a file open too long is not waited for
+    g = open(d / "c.yaml", "w")
+    g.write("x")
+    g.flush()
+    c.wait(lambda s: "c.yaml" in s)
+    time.sleep(0.01)
+    assert w.writing() == []
+    g.close()
