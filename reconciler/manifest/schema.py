@@ -513,6 +513,8 @@ def _messages(root: Any, root_pos, path: Tuple[Any, ...], e: jsonschema.Validati
         else:
             yield here, f"{pre}{field} {_show(inst)} is not valid: expected {desc or 'a match of ' + e.validator_value}"
         return
+    if kw in ("maxProperties", "maxItems", "uniqueItems") and path:
+        here = position_of(root, path, root_pos, key=True)  # the key that holds the collection
     if kw == "maxProperties":
         if len(path) >= 1 and path[-1] == "networks" and path[0] == "containers":
             yield here, (

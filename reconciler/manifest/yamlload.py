@@ -131,7 +131,23 @@ class Document:
         return Location(self.file, pos.line + 1, pos.column + 1)
 
     def diag(self, pos: Pos, message: str) -> Diagnostic:
-        return Diagnostic(Location(self.file, pos.line + 1, pos.column + 1), message, self.line(pos.line + 1))
+        src = self.line(pos.line + 1)
+        return Diagnostic(
+            Location(self.file, pos.line + 1, pos.column + 1),
+            printable(message),
+            None if src is None else printable(src),
+        )
+
+
+# Control characters (and Unicode line separators) from a hostile file must not reach the
+# terminal (escape sequences) or split a diagnostic into several lines; one replacement
+# character each keeps the caret under the right column.
+_UNPRINTABLE = {c: "\ufffd" for c in list(range(0, 9)) + list(range(10, 32)) + list(range(127, 160)) + [0x2028, 0x2029]}
+
+
+def printable(text: str) -> str:
+    """text with control characters replaced (tabs kept)."""
+    return text.translate(_UNPRINTABLE)
 
 
 # ---- scalar resolution (YAML 1.2 core schema) ----------------------------------------------
@@ -530,7 +546,13 @@ def parse_bytes(data: bytes, filename: str, pure: bool = False) -> Tuple[Documen
         lines = data.decode("utf-8", errors="replace").split("\n")
         src = lines[f.pos.line] if f.pos.line < len(lines) else None
         doc = Document(filename, "", ok=False)
-        diags.append(Diagnostic(Location(filename, f.pos.line + 1, f.pos.column + 1), f.message, src))
+        diags.append(
+            Diagnostic(
+                Location(filename, f.pos.line + 1, f.pos.column + 1),
+                f.message,
+                None if src is None else printable(src),
+            )
+        )
         return doc, diags
     return parse_text(text, filename, pure=pure, _diags=diags)
 
