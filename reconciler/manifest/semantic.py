@@ -36,7 +36,7 @@ from ..model import (
     Warning_,
     dummy_parent_name,
 )
-from .yamlload import Document, Pos, YMap
+from .yamlload import Document, Pos, YMap, printable
 
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL: names have at most 15 bytes
 MAX_ATTACHMENTS = 16
@@ -97,7 +97,8 @@ class _Checker:
         for es in self.entries.values():
             for e in es:
                 if e.doc.file == loc.file:
-                    return e.doc.line(loc.line)
+                    src = e.doc.line(loc.line)
+                    return None if src is None else printable(src)
         return None
 
     def err(self, doc: Document, pos: Pos, message: str) -> None:
@@ -191,7 +192,7 @@ class _Checker:
                     m = _VLAN_PARENT.match(parent_given)
                     if m:
                         link, vid = m.group(1), int(m.group(2))
-                        if not link:
+                        if not link or link in (".", ".."):
                             self.err(doc, ppos, f"network {name}: parent {parent_given!r} needs a link name before the dot (<link>.<vlan id>)")
                         elif link == "lo":
                             self.err(doc, ppos, f"network {name}: parent {parent_given}: lo (the loopback interface) cannot carry VLANs")
@@ -215,9 +216,8 @@ class _Checker:
         raw = e.get("subnets") or []
         spos_list = getattr(raw, "ipos", None) or [e.vpos("subnets")] * len(raw)
         seen_nets: List[Tuple[IPNetwork, Pos]] = []
-        aux_names: Dict[str, Pos] = {}
         for item, spos in zip(raw, spos_list):
-            s = self.subnet(e, mode, ipv6, item, spos, info, seen_nets, aux_names)
+            s = self.subnet(e, mode, ipv6, item, spos, info, seen_nets)
             if s is not None:
                 subnets.append(s)
         families = {s.cidr.version for s in subnets if s.cidr is not None}
@@ -248,7 +248,6 @@ class _Checker:
         spos: Pos,
         info: _NetInfo,
         seen_nets: List[Tuple[IPNetwork, Pos]],
-        aux_names: Dict[str, Pos],
     ) -> Optional[Subnet]:
         doc, name = e.doc, e.name
         nerr = len(self.diags)
@@ -318,13 +317,7 @@ class _Checker:
         raw_aux = item.get("aux_addresses") or {}
         for aname, atext in raw_aux.items():
             apos = raw_aux.vpos.get(aname, spos) if isinstance(raw_aux, YMap) else spos
-            kpos = raw_aux.kpos.get(aname, spos) if isinstance(raw_aux, YMap) else spos
             what = f"{ctx}: aux address {aname}"
-            if aname in aux_names:
-                first = aux_names[aname]
-                self.err(doc, kpos, f"{what} is defined twice in the network (first at line {first.line + 1})")
-                continue
-            aux_names[aname] = kpos
             a = self.parse_address(doc, apos, atext, what)
             if a is None or not self.in_subnet(doc, apos, a, cidr, what):
                 continue

@@ -435,7 +435,11 @@ def _build(doc: Document, diags: List[Diagnostic], pure: bool) -> None:
                 if ctag is not None:
                     tag = str(ctag)
                     if tag != (TAG_MAP if new_is_map else TAG_SEQ) and tag != "!":
-                        err(m, f"tag {_tag_text(tag)} is not allowed here (only {_ALLOWED_TAGS_TEXT})")
+                        if tag in _SCALAR_TAGS:
+                            kind, fits = ("mapping", "!!map") if new_is_map else ("list", "!!seq")
+                            err(m, f"tag {_tag_text(tag)} does not fit a {kind} (use {fits} or no tag)")
+                        else:
+                            err(m, f"tag {_tag_text(tag)} is not allowed (only {_ALLOWED_TAGS_TEXT})")
                 stack.append((cur, is_map, expect_key, key, kmark, key_is_merge, merged, anchor, start_nodes))
                 if new_is_map:
                     cur = YMap(m)

@@ -227,3 +227,12 @@ def test_directory_loading_rules(tmp_path):
     assert [f.rsplit("/", 1)[1] for f in files] == ["a.yaml", "b.yml"] and problems == []
     assert list(load([str(tmp_path)]).networks) == ["a", "b"]
     assert list(load([str(tmp_path), str(sub / "c.yaml")]).networks) == ["a", "b", "c"]
+
+
+def test_aux_names_are_per_subnet():
+    # like Docker's per-subnet aux addresses: a 'router' in every subnet is fine
+    n = net(
+        "  n:\n    subnets:\n      - {subnet: 10.0.0.0/24, aux_addresses: {router: 10.0.0.254}}\n"
+        "      - {subnet: 10.0.1.0/24, aux_addresses: {router: 10.0.1.254}}\n"
+    )
+    assert [s.aux_addresses[0][0] for s in n.subnets] == ["router", "router"]

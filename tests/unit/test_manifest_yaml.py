@@ -210,3 +210,12 @@ def test_both_parsers_build_the_same_values(value):
     b, eb = parse_text(text, "t.yaml", pure=True)
     assert ea == [] and eb == [], (text, ea, eb)
     assert a.root == b.root == {"v": value}, text
+
+
+@pytest.mark.parametrize("pure", PARSERS)
+def test_core_tags_on_collections(pure):
+    doc, errs = parse("a: !!map {x: 1}\nb: !!seq [1]\nc: !!str {x: 1}\nd: !!int [1]\n", pure)
+    assert errs == [
+        "3:4: tag !!str does not fit a mapping (use !!map or no tag)",
+        "4:4: tag !!int does not fit a list (use !!seq or no tag)",
+    ]
