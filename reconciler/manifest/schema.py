@@ -52,13 +52,17 @@ def validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema())
 
 
-@functools.lru_cache(maxsize=None)
-def _shallow_validator() -> jsonschema.Draft202012Validator:
+def _shallow_schema() -> Dict[str, Any]:
     """The root schema without descending into section entries (names still checked)."""
     s = copy.deepcopy(schema())
     for sec in SECTIONS:
         s["properties"][sec]["additionalProperties"] = True
-    return jsonschema.Draft202012Validator(s)
+    return s
+
+
+@functools.lru_cache(maxsize=None)
+def _shallow_validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(_shallow_schema())
 
 
 @functools.lru_cache(maxsize=None)
@@ -295,10 +299,15 @@ def _unique(items: list) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _fast() -> Optional[Tuple[Check, Dict[str, Check]]]:
+def _fast() -> Optional[Tuple[Check, Dict[str, Check], Check]]:
+    """(whole manifest, each section's entries, the manifest without its entries)."""
     s = schema()
     try:
-        return compile_checker(s), {d: compile_checker(s, s["$defs"][d]) for d in SECTIONS.values()}
+        return (
+            compile_checker(s),
+            {d: compile_checker(s, s["$defs"][d]) for d in SECTIONS.values()},
+            compile_checker(_shallow_schema()),
+        )
     except Unsupported:  # pragma: no cover - only when the schema grows a new keyword
         return None
 
@@ -323,8 +332,9 @@ def iter_errors(root: Any) -> Iterable[Tuple[Tuple[Any, ...], jsonschema.Validat
         for e in validator().iter_errors(root):
             yield tuple(e.absolute_path), e
         return
-    for e in _shallow_validator().iter_errors(root):
-        yield tuple(e.absolute_path), e
+    if not fast[2](root):  # jsonschema only where something is wrong (10,000 names: 0.3 s)
+        for e in _shallow_validator().iter_errors(root):
+            yield tuple(e.absolute_path), e
     if not isinstance(root, dict):
         return
     for sec, def_name in SECTIONS.items():

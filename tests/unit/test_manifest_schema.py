@@ -85,6 +85,7 @@ def test_fast_checker_agrees_with_jsonschema_on_the_corpus():
     n = 0
     for f, root in _docs():
         assert schema.is_valid(root) == v.is_valid(root), f
+        assert schema._fast()[2](root) == schema._shallow_validator().is_valid(root), f
         n += 1
     assert n > 40
 
@@ -116,6 +117,7 @@ def near_manifests(draw):
 @given(st.one_of(json_values, near_manifests()))
 def test_fast_checker_agrees_with_jsonschema(value):
     assert schema.is_valid(value) == schema.validator().is_valid(value)
+    assert schema._fast()[2](value) == schema._shallow_validator().is_valid(value)
     # and the per-entry error path finds errors exactly when there are some
     assert (not list(schema.iter_errors(value))) == schema.validator().is_valid(value)
 
