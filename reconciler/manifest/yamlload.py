@@ -31,6 +31,7 @@ given explicitly in the mapping win over merged ones.
 from __future__ import annotations
 
 import io
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
@@ -41,12 +42,17 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ..errors import Diagnostic
 from ..model import Location
 
-try:  # libyaml, ~10x faster
-    from ruamel.yaml.cyaml import CParser as _CParser  # type: ignore
+# libyaml (ruamel.yaml.clibz), ~10x faster. IPVLAN_RECONCILER_PURE_YAML=1 forces the pure-Python
+# parser: the clibz wheel executes instructions that some CPUs and emulators (qemu without KVM,
+# as in our kernel-test VM) lack, and a SIGILL cannot be caught.
+_CParser = None
+if not os.environ.get("IPVLAN_RECONCILER_PURE_YAML"):
+    try:
+        from ruamel.yaml.cyaml import CParser as _CParser  # type: ignore
 
-    _CParser("a: 1").dispose()
-except Exception:  # pragma: no cover - depends on the installation
-    _CParser = None
+        _CParser("a: 1").dispose()
+    except Exception:  # pragma: no cover - depends on the installation
+        _CParser = None
 
 MAX_FILE_BYTES = 4 * 1024 * 1024  # a manifest larger than this is refused unread
 MAX_NODES = 1_000_000  # values per file after alias expansion (alias bombs); a 4 MiB file holds fewer
