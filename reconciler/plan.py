@@ -169,6 +169,15 @@ def make_plan(
         }
 
     actions: List[Action] = []
+    # Removing the last IPv4 address of a link makes the kernel flush every route through
+    # it (fib_disable_ip), even when a new address follows a moment later; routes on a link
+    # whose addresses of a family are all replaced must be created again.
+    live_addr_count: Dict[Tuple[str, str, int], int] = {}
+    for o in have.values():
+        if o.kind is Kind.ADDRESS:
+            k3 = (o.ns, o.ifname, o.address.version)
+            live_addr_count[k3] = live_addr_count.get(k3, 0) + 1
+    deleted_addr_count: Dict[Tuple[str, str, int], int] = {}
     gone_links: Set[str] = set()  # host links deleted or replaced: their slaves vanish
     gone_ns: Set[str] = set()
     gone_endpoints: Set[Tuple[str, str]] = set()
@@ -188,12 +197,19 @@ def make_plan(
                 implicit_gone = True
             if kind is Kind.ROUTE and after is not None and (after.ns, after.ifname) in gone_endpoints:
                 implicit_gone = True
+            if kind is Kind.ROUTE:
+                k3 = (before.ns, before.ifname, before.family)
+                if k3 in deleted_addr_count and deleted_addr_count[k3] >= live_addr_count.get(k3, 0):
+                    implicit_gone = True
         if after is None and before is None:
             return
         if after is None:
             assert before is not None
             if not implicit_gone:
                 actions.append(Action(Op.DELETE, key, before, None))
+                if kind is Kind.ADDRESS:
+                    k3 = (before.ns, before.ifname, before.address.version)
+                    deleted_addr_count[k3] = deleted_addr_count.get(k3, 0) + 1
             _mark_gone(before)
             return
         if before is None:

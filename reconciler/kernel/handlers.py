@@ -373,7 +373,9 @@ class RouteHandler(Handler):
         return nl.request(msg_type, flags, body)
 
     def create(self, ctx: "Ctx", obj: Route, phase: int = 0) -> None:
-        ctx.queue(ctx.ns_socket(obj.ns), phase, self._req(ctx, obj, nl.RTM_NEWROUTE, nl.NLM_F_CREATE | nl.NLM_F_EXCL),
+        # REPLACE, not EXCL: the plan may re-create a route the kernel flushed with the
+        # link's last address, and if the kernel kept it after all this is still right
+        ctx.queue(ctx.ns_socket(obj.ns), phase, self._req(ctx, obj, nl.RTM_NEWROUTE, nl.NLM_F_CREATE | nl.NLM_F_REPLACE),
                   "add route", obj.describe())
 
     def delete(self, ctx: "Ctx", obj: Route, phase: int = 0) -> None:

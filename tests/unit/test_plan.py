@@ -144,7 +144,9 @@ def test_address_change_touches_only_that_container():
     plan = engine.plan_for(DesiredState(d.networks, d.vlans, cs), live, State(allocations=p.allocations)).plan
     touched = {a.obj.netns or a.key[1] for a in plan.actions}
     # the address moves; hosts files of containers sharing the network learn the new address
-    assert {a.key for a in plan.actions if a.kind is not Kind.HOSTS} == {
+    # its routes are re-created: the kernel flushes them with the link's last IPv4 address
+    assert {(a.op, a.obj.ns) for a in plan.actions if a.kind is Kind.ROUTE} == {(Op.CREATE, "l3a")}
+    assert {a.key for a in plan.actions if a.kind not in (Kind.HOSTS, Kind.ROUTE)} == {
         (Kind.ADDRESS, "l3a", "eth0", "192.168.214.10/24"),
         (Kind.ADDRESS, "l3a", "eth0", "192.168.214.77/24"),
     }
@@ -362,3 +364,13 @@ def test_unowned_hosts_file_of_unrelated_namespace_is_never_deleted():
     live = HostState([HostsFile("someone-elses", "127.0.0.1 localhost\n", owned=False)], HOST)
     p = plan_of(DesiredState({}, {}, {}), live).plan
     assert p.empty
+
+
+def test_replacing_the_only_address_recreates_the_routes_the_kernel_flushes():
+    d = desired_seedlike()
+    live, p = converged_live(d)
+    cs = dict(d.containers)
+    cs["l3b"] = Container("l3b", (Attachment("ipnet210", "eth0", ip=A("10.1.214.99")),))
+    plan = engine.plan_for(DesiredState(d.networks, d.vlans, cs), live, State(allocations=p.allocations)).plan
+    routes = {a.key: a.op for a in plan.actions if a.kind is Kind.ROUTE}
+    assert routes == {(Kind.ROUTE, "l3b", "0.0.0.0/0"): Op.CREATE, (Kind.ROUTE, "l3b", "192.168.214.0/24"): Op.CREATE}
