@@ -162,16 +162,28 @@ def apply(
         result = execute(plan.actions, kernel, snap)
         phases["apply"] = time.monotonic() - t
         out.result = result
+        if not result.ok:
+            # From here on, intent records name only what this run really created: a failed
+            # create made nothing of ours (EEXIST: the name is someone else's now, e.g. a
+            # namespace added between plan and apply), and an intent naming it would make
+            # every later run adopt -- and possibly delete -- that object.
+            made = {a.key for a in result.done if a.op in (Op.CREATE, Op.REPLACE)}
+            intents = tuple(k for k in intents if k in made)
         if not result.ok and rollback and result.done:
             live2, snap2 = observe_host(kernel, intents)
             out.rollback = execute(rollback_plan(result.done), kernel, snap2)
+            undone = {a.key for a in out.rollback.done}
+            intents = tuple(k for k in intents if k not in undone)
         t = time.monotonic()
         live_after, _ = observe_host(kernel, intents)
         verify_state = State(allocations=planned.allocations)
         try:
             out.verify = plan_for(desired, live_after, verify_state).plan
         except PlanError as e:
-            raise Bug(f"verification could not plan after apply: {e}")
+            if result.ok:
+                raise Bug(f"verification could not plan after apply: {e}")
+            # the failure itself can be such a clash (a name taken mid-apply): report it
+            out.verify = Plan(warnings=tuple(f"verify: {p}" for p in e.problems))
         phases["verify"] = time.monotonic() - t
         if result.ok:
             store.save(State(allocations=planned.allocations))

@@ -220,8 +220,10 @@ class HostLinkHandler(Handler):
         body += nl.nested(nl.IFLA_LINKINFO, info)
         what = f"{self.kind.label} {obj.name}"
         ctx.queue(ctx.kernel.host, phase, nl.request(nl.RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, body), "create", what)
-        # the kernel ignores IFLA_IFALIAS on creation: mark it right after, same socket
-        ctx.queue(ctx.kernel.host, phase, _link_flags_alias(obj.name, None, MARKER), "mark", what)
+        # the kernel ignores IFLA_IFALIAS on creation: mark it right after, in the next phase,
+        # which is sent only when every create of this one succeeded -- by name, so after a
+        # create refused with EEXIST it would mark someone else's link as ours
+        ctx.queue(ctx.kernel.host, phase + 1, _link_flags_alias(obj.name, None, MARKER), "mark", what)
         ctx.host_links_changed = True
 
     def delete(self, ctx: "Ctx", obj: KObject, phase: int = 0) -> None:
