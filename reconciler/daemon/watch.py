@@ -121,6 +121,7 @@ class Daemon:
         self.metrics_server: Optional[MetricsServer] = None
         self.thread: Optional[threading.Thread] = None
         self._status_warned = False
+        self._last_status_line = ""
 
     # pluggable parts (tests replace them) --------------------------------------------------
     def load(self, paths):
@@ -186,22 +187,20 @@ class Daemon:
             self.last_missing = []
         if digest == self.digest and not force:
             return False
-        self.digest = digest
         from ..model import DesiredState
 
         try:
             desired = self.load(self.paths) if files else DesiredState()
-        except ManifestError as e:
-            self.manifest_invalid(e)
-            return False
-        except UserError as e:
+        except UserError as e:  # ManifestError and friends: permanent until an edit
+            self.digest = digest
             self.manifest_invalid(e)
             return False
         except OSError as e:  # a file vanished between listing and reading (mid-swap)
             logs.warning("manifests changed while being read; reading again", error=str(e))
-            self.digest = None
             self.triggers.put("file", "re-read after a read error")
             return False
+        # (any other exception is a bug: the digest stays, so the retry loads again)
+        self.digest = digest
         previous = self.desired
         self.desired = desired
         self.status.manifest_valid = True
@@ -295,12 +294,12 @@ class Daemon:
         if hup or start or files or resync or retry or settle:
             changed = self.reload(force=hup or start)
         if self.desired is None:
-            self.write_status()
+            self.publish()
             return
         drift = batch.has(*DRIFT_SOURCES) or resync
         needed = changed or drift or hup or start or retry or self.status.last_result not in ("converged", "pending")
         if not needed:
-            self.write_status()
+            self.publish()
             return
         self.reconcile(batch, changed)
 
@@ -440,8 +439,15 @@ class Daemon:
         self.status.last_reconcile = time.time()
         self.status.last_duration = seconds
         self.status.last_exit_code = exit_code
+        self.publish()
+
+    def publish(self) -> None:
+        """Status file, and systemd's STATUS= line when it changed."""
         self.write_status()
-        self.notifier.status(self.status_line())
+        line = self.status_line()
+        if line != self._last_status_line:
+            self._last_status_line = line
+            self.notifier.status(line)
 
     # reporting -------------------------------------------------------------------------------
     def status_line(self) -> str:

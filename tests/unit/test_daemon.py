@@ -777,3 +777,24 @@ def test_watcher_tracks_files_open_for_writing(tmp_path, watcher_factory):
     time.sleep(0.01)
     assert w.writing() == []
     g.close()
+
+
+def test_loop_a_bug_in_the_loader_is_retried(tmp_path, quiet_logs):
+    h = Harness(tmp_path, {"a.yaml": "c1"})
+    real = h.load
+    calls = []
+
+    def flaky(paths):
+        calls.append(1)
+        if len(calls) == 1:
+            raise TypeError("unhashable type")
+        return real(paths)
+
+    h.d._loader = flaky
+    h.d.triggers.put("start", immediate=True)
+    b = h.d.triggers.poll()
+    with pytest.raises(TypeError):
+        h.d.handle(b)  # loop() logs it as a bug and schedules a retry
+    h.d.schedule_retry()
+    h.fire_timers()  # the retry loads again (the digest was not recorded)
+    assert len(calls) == 2 and set(h.applied[-1].containers) == {"c1"}
