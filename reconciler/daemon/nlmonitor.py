@@ -160,7 +160,7 @@ def classify_message(mon: NsMonitor, data: bytes, pos: int, length: int, typ: in
             return None
         if rec.family == socket.AF_INET6 and rec.dst_len == 64 and (rec.dst or "").startswith("fe80:"):
             return None
-        dst = f"{rec.dst}/{rec.dst_len}" if rec.dst else "default"
+        dst = f"{rec.dst}/{rec.dst_len}" if rec.dst and rec.dst_len else "default"
         return f"{where}: route {dst} {'deleted' if typ == RTM_DELROUTE else 'added'}"
     return None
 

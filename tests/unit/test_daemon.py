@@ -798,3 +798,78 @@ def test_loop_a_bug_in_the_loader_is_retried(tmp_path, quiet_logs):
     h.d.schedule_retry()
     h.fire_timers()  # the retry loads again (the digest was not recorded)
     assert len(calls) == 2 and set(h.applied[-1].containers) == {"c1"}
+
+
+# --- netlink monitor: what counts as a change (synthetic notifications, no kernel) ------------
+class _FakeSock:
+    def getsockname(self):
+        return (4242, 0)
+
+    def close(self):
+        pass
+
+
+def _nlmsg(msg_type, body):
+    import struct
+
+    return struct.pack("=IHHII", 16 + len(body), msg_type, 0, 0, 0) + body
+
+
+def _link(msg_type, index, name, up=True, alias="", operstate_noise=0, family=0):
+    from reconciler.kernel import netlink as nl
+
+    flags = (1 if up else 0) | (0x10000 if operstate_noise else 0)  # IFF_LOWER_UP: noise
+    body = nl.ifinfo(index=index, flags=flags, family=family) + nl.attr_str(nl.IFLA_IFNAME, name)
+    if alias:
+        body += nl.attr_str(nl.IFLA_IFALIAS, alias)
+    return _nlmsg(msg_type, body)
+
+
+def _addr(msg_type, index, address, prefixlen, scope=0):
+    import socket as s
+
+    from reconciler.kernel import netlink as nl
+
+    fam = s.AF_INET6 if ":" in address else s.AF_INET
+    body = nl.ifaddr(fam, prefixlen, index, scope=scope) + nl.attr_ip(nl.IFA_LOCAL, fam, address)
+    return _nlmsg(msg_type, body)
+
+
+def _route(msg_type, dst, dst_len, table=254):
+    import socket as s
+
+    from reconciler.kernel import netlink as nl
+
+    fam = s.AF_INET6 if ":" in dst else s.AF_INET
+    body = nl.rtm(fam, dst_len, table, 149, 0) + nl.attr_ip(nl.RTA_DST, fam, dst)
+    return _nlmsg(msg_type, body)
+
+
+def test_netlink_monitor_reports_changes_and_ignores_kernel_noise():
+    from reconciler.daemon.nlmonitor import (
+        RTM_DELADDR, RTM_DELLINK, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE, NsMonitor,
+        classify_message,
+    )
+
+    m = NsMonitor("c1", _FakeSock(), None)
+
+    def c(msg):
+        import struct
+
+        length, typ = struct.unpack_from("=IH", msg)
+        return classify_message(m, msg, 0, length, typ)
+
+    assert c(_link(RTM_NEWLINK, 5, "eth0")) == "namespace c1: link eth0 added"
+    assert c(_link(RTM_NEWLINK, 5, "eth0", operstate_noise=1)) is None  # carrier/operstate only
+    assert c(_link(RTM_NEWLINK, 5, "eth0", family=10)) is None  # IPv6 protocol info
+    assert c(_link(RTM_NEWLINK, 5, "eth0", up=False)) == "namespace c1: link eth0 changed"
+    assert c(_link(RTM_NEWLINK, 5, "eth0", up=False, alias="x")) == "namespace c1: link eth0 changed"
+    assert c(_addr(RTM_NEWADDR, 5, "192.168.20.10", 24)) == "namespace c1: address 192.168.20.10/24 added on eth0"
+    assert c(_addr(RTM_NEWADDR, 5, "192.168.20.10", 24)) is None  # flags/lifetimes refreshed
+    assert c(_addr(RTM_NEWADDR, 5, "fe80::1", 64, scope=253)) is None  # link-local
+    assert c(_addr(RTM_DELADDR, 5, "192.168.20.10", 24)) == "namespace c1: address 192.168.20.10/24 deleted from eth0"
+    assert c(_route(RTM_NEWROUTE, "192.168.20.10", 32, table=255)) is None  # local table
+    assert c(_route(RTM_NEWROUTE, "fe80::", 64)) is None
+    assert c(_route(RTM_DELROUTE, "0.0.0.0", 0)) == "namespace c1: route default deleted"
+    assert c(_route(RTM_NEWROUTE, "10.1.0.0", 16)) == "namespace c1: route 10.1.0.0/16 added"
+    assert c(_link(RTM_DELLINK, 5, "eth0")) == "namespace c1: link eth0 deleted"
