@@ -26,37 +26,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
+from ..manifest import is_manifest_name
+from ..manifest import manifest_files as _loader_manifest_files
 from . import logs
 
-MANIFEST_SUFFIXES = (".yaml", ".yml")
 K8S_DATA = "..data"
 RELEVANT_EVENTS = ("created", "deleted", "moved", "modified", "closed")
 
 
-def is_manifest_name(name: str) -> bool:
-    return not name.startswith(".") and name.endswith(MANIFEST_SUFFIXES)
-
-
 def manifest_files(paths: List[str]) -> Tuple[List[str], List[str]]:
-    """(manifest files in load order, paths that do not exist)."""
-    files: List[str] = []
-    missing: List[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            try:
-                names = sorted(os.listdir(p))
-            except OSError:
-                missing.append(p)
-                continue
-            for n in names:
-                f = os.path.join(p, n)
-                if is_manifest_name(n) and os.path.isfile(f):
-                    files.append(f)
-        elif os.path.exists(p):
-            files.append(p)
-        else:
-            missing.append(p)
-    return files, missing
+    """(manifest files in load order, paths that do not exist or cannot be read): the very
+    files the loader reads (one rule for what counts as a manifest)."""
+    files, problems = _loader_manifest_files(paths)
+    return files, [d.loc.file for d in problems]
 
 
 def fingerprint(paths: List[str]) -> Tuple[str, List[str], List[str]]:
