@@ -6,13 +6,13 @@ demo:   ## boot the VM (kernel with ipvlan) and apply every seed example
 	scripts/vm-run -- scripts/demo
 
 test:   ## every test: unit on the host, kernel suite + small benchmark in the VM
-	scripts/test
+	scripts/test $(ARGS)
 
-unit:
-	scripts/test unit
+unit:   ## unit tests on the host; pytest arguments in ARGS='-k plan'
+	scripts/test unit $(ARGS)
 
-kernel:
-	scripts/test kernel
+kernel: ## kernel suite in the VM; pytest arguments in ARGS='-k harness'
+	scripts/test kernel $(ARGS)
 
 bench:  ## full-size benchmark in the VM (slow under emulation)
 	scripts/vm-run -- .venv/bin/python bench/run.py
