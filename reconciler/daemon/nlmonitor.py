@@ -79,6 +79,22 @@ def netns_identity(path: str) -> Optional[Tuple[int, int]]:
     return st.st_dev, st.st_ino
 
 
+def _readable(fds, timeout: float):
+    """The fds of ``fds`` that are readable within ``timeout`` seconds. poll(), not
+    select(): one monitor socket per namespace puts fd numbers past select()'s
+    FD_SETSIZE (1024) at about a thousand containers, where select() raises ValueError."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    out = []
+    for fd, ev in p.poll(max(0, -int(-timeout * 1000 // 1))):  # ms, rounded up
+        if ev & select.POLLNVAL:
+            raise ValueError(f"fd {fd} is closed")
+        if ev & (select.POLLIN | select.POLLERR | select.POLLHUP):
+            out.append(fd)
+    return out
+
+
 class NsMonitor:
     """One monitor socket and the caches that tell a real change from noise."""
 
@@ -246,7 +262,7 @@ class NetlinkMonitor:
                 by_fd = {m.sock.fileno(): m for m in self._mons.values()}
                 timeout = max(0.0, next_poll - time.monotonic())
                 try:
-                    readable, _, _ = select.select(fds, [], [], timeout)
+                    readable = _readable(fds, timeout)
                 except (OSError, ValueError):  # a socket closed under us: rebuild the set
                     readable = []
                 for fd in readable:
@@ -325,7 +341,7 @@ class NetlinkMonitor:
                 return
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline:
-                r, _, _ = select.select([m.sock.fileno()], [], [], max(0.0, deadline - time.monotonic()))
+                r = _readable([m.sock.fileno()], max(0.0, deadline - time.monotonic()))
                 if r and self._read(m, seeding=True):
                     break
                 if m.name not in self._mons:
