@@ -155,7 +155,9 @@ def apply(
             out.phases = phases
             return out
         # write-ahead: what we are about to create, so a kill mid-way leaves no orphan
-        intents = tuple(a.key for a in plan.actions if a.op in (Op.CREATE, Op.REPLACE)
+        # ... and what we are about to delete: deleting a namespace is umount + unlink, and a
+        # kill between the two leaves a plain file in /run/netns that carries no marker
+        intents = tuple(a.key for a in plan.actions if a.op in (Op.CREATE, Op.REPLACE, Op.DELETE)
                         and a.kind in (Kind.VLAN, Kind.DUMMY, Kind.NETNS, Kind.ENDPOINT))
         store.save(State(allocations=_merge_alloc(state.allocations, planned.allocations), intents=intents))
         t = time.monotonic()
@@ -168,6 +170,7 @@ def apply(
             # namespace added between plan and apply), and an intent naming it would make
             # every later run adopt -- and possibly delete -- that object.
             made = {a.key for a in result.done if a.op in (Op.CREATE, Op.REPLACE)}
+            made |= {a.key for a, _ in result.failed if a.op is Op.DELETE}  # half-deleted: still ours
             intents = tuple(k for k in intents if k in made)
         if not result.ok and rollback and result.done:
             live2, snap2 = observe_host(kernel, intents)
