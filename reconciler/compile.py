@@ -47,10 +47,6 @@ class Compiled:
     problems: Tuple[str, ...] = ()
 
 
-def _ipv6_default_dst() -> ipaddress.IPv6Network:
-    return ipaddress.IPv6Network("::/0")
-
-
 DEFAULT_DST = {4: ipaddress.IPv4Network("0.0.0.0/0"), 6: ipaddress.IPv6Network("::/0")}
 
 

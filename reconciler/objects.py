@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import ClassVar, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
 from .model import Flag, Mode
@@ -345,11 +345,3 @@ class HostState:
 
     def of_kind(self, kind: Kind) -> Iterator[KObject]:
         return (o for o in self.objects.values() if o.kind is kind)
-
-
-def with_fields(obj: KObject, **changes: object) -> KObject:
-    return replace(obj, **changes)
-
-
-def field_names(obj: KObject) -> Tuple[str, ...]:
-    return tuple(f.name for f in fields(obj))
