@@ -377,19 +377,46 @@ class KernelCleanup:
         return done
 
 
+# (who, what was removed): objects a test or fixture left behind, listed at the end of the run
+LEFTOVERS: List[tuple] = []
+
+
+def _sweep(cleanup: "KernelCleanup", who: str) -> None:
+    removed = cleanup.sweep()
+    if removed:
+        LEFTOVERS.append((who, removed))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_cleanup_session(_require_vm):
+    """Session level: whatever is still there at the end (so the benchmark or the next command
+    in the VM starts from the host the suite found)."""
+    cleanup = KernelCleanup()
+    yield cleanup
+    _sweep(cleanup, "end of session")
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _kernel_cleanup_module(_require_vm):
+def _kernel_cleanup_module(request, _kernel_cleanup_session):
     """Module level: what module-scoped fixtures (e.g. one apply shared by a module's tests)
     leave behind after their own teardown. Autouse, so it snapshots before them."""
     cleanup = KernelCleanup()
     yield cleanup
-    cleanup.sweep()
+    _sweep(cleanup, f"module {request.node.nodeid}")
 
 
 @pytest.fixture(autouse=True)
-def kernel_cleanup(_kernel_cleanup_module):
+def kernel_cleanup(request, _kernel_cleanup_module):
     """Test level: the snapshot is taken after every broader-scoped fixture is set up, so only
     what the test itself created is removed."""
     cleanup = KernelCleanup()
     yield cleanup
-    cleanup.sweep()
+    _sweep(cleanup, request.node.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not LEFTOVERS:
+        return
+    terminalreporter.section("kernel objects a test left behind, removed by kernel_cleanup (informational)")
+    for who, removed in LEFTOVERS:
+        terminalreporter.write_line(f"{who}: {', '.join(removed)}")
