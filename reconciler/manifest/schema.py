@@ -438,7 +438,7 @@ def diagnostics(doc: Document) -> Tuple[List[Diagnostic], Set[Tuple[Any, ...]]]:
         else:
             where.add(())  # the file as a whole (not a mapping, wrong version, a section's type)
         for pos, msg in _messages(root, doc.root_pos, path, e):
-            k = (pos, msg)
+            k = (pos.line, pos.column, msg)  # marks of the pure-Python parser are unhashable
             if k in seen:
                 continue
             seen.add(k)
