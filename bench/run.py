@@ -211,7 +211,9 @@ def baseline_script(es: EndState, work: str) -> str:
         scope = " scope link" if not r.get("gateway") and ":" not in dst else ""
         per_ns[r["ns"]].append(f"route add {dst}{via} dev {r['ifname']} proto {RTPROT}{scope}")
 
-    sh = ["#!/bin/sh", "set -e", f"ip -batch {d}/host.batch"]
+    # ip keeps every `netns NAME` fd of a batch open: past ~1,000 namespaces it hits the
+    # default limit of 1,024 open files ("Invalid netns value")
+    sh = ["#!/bin/sh", "set -e", "ulimit -n 65536 2>/dev/null || true", f"ip -batch {d}/host.batch"]
     for ns in es.netns:
         path = f"{d}/ns-{ns}.batch"
         with open(path, "w") as f:
