@@ -15,8 +15,11 @@ Fixtures for kernel tests (all function-scoped unless noted):
     ``netns=`` runs it through ``ip netns exec``.
 ``ip_json(args, netns=None)``
     ``ip [-n NETNS] -j ARGS`` parsed from JSON (``[]`` for empty output).
-``ping(netns, addr, count=1)``
-    True when ``ping -c COUNT -W 1`` (``-6`` for IPv6 addresses) from NETNS gets an answer.
+``ping(netns, addr, count=3)``
+    True when any of COUNT echo requests (``ping -c COUNT -i 0.2 -W 2``, ``-6`` for IPv6
+    addresses; ADDR may be a host name) from NETNS gets an answer. Several requests, because the first one waits for
+    neighbour resolution, which under TCG emulation can take longer than a second; a single
+    ``-c 1 -W 1`` made a positive check flaky (CI run of 2026-11-29).
 ``netns_factory(name=None, lo_up=True)``
     Create a named namespace with ``ip netns add`` (a unique ``kt-...`` name by default), bring
     its ``lo`` up, return the name; deleted on teardown.
@@ -96,11 +99,14 @@ def ip_json(args: Cmd, netns: Optional[str] = None):
     return json.loads(out) if out.strip() else []
 
 
-def ping(netns: str, addr: str, count: int = 1) -> bool:
-    family = ["-6"] if ipaddress.ip_address(addr).version == 6 else ["-4"]
+def ping(netns: str, addr: str, count: int = 3) -> bool:
+    try:
+        family = ["-6"] if ipaddress.ip_address(addr).version == 6 else ["-4"]
+    except ValueError:  # a host name, resolved in the namespace (/etc/netns/<ns>/hosts)
+        family = []
     proc = subprocess.run(
         ["ip", "netns", "exec", netns, "ping", *family, "-n", "-q", "-c", str(count),
-         "-i", "0.2", "-W", "1", addr],
+         "-i", "0.2", "-W", "2", addr],
         capture_output=True, text=True, timeout=30,
     )
     return proc.returncode == 0

@@ -9,6 +9,8 @@ import tempfile
 import textwrap
 from typing import Dict, List, Optional
 
+from conftest import ping  # noqa: F401  (one ping for every kernel test)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -52,12 +54,6 @@ def default_route(netns: str, family: int = 4) -> Optional[dict]:
 
 def netns_list() -> List[str]:
     return sorted(n["name"] for n in ipj("netns list")) if sh("ip netns list").stdout.strip() else []
-
-
-def ping(netns: str, target: str, count: int = 1) -> bool:
-    flag = "-6 " if ":" in target else ""
-    p = sh(f"ip netns exec {netns} ping {flag}-c {count} -W 1 -i 0.2 {target}", check=False)
-    return p.returncode == 0
 
 
 class Reconciler:
