@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..errors import Diagnostic, ManifestError
 from ..model import DesiredState, Location
@@ -28,6 +29,7 @@ from .yamlload import (  # noqa: F401  (re-exported)
     MAX_NODES,
     Document,
     parse_bytes,
+    read_bytes,
     read_file,
 )
 from .yamlload import parse_text as parse_document
@@ -37,6 +39,7 @@ MANIFEST_SUFFIXES = (".yaml", ".yml")
 __all__ = [
     "load",
     "load_documents",
+    "ParseCache",
     "check_documents",
     "parse_text",
     "load_texts",
@@ -84,14 +87,50 @@ def manifest_files(paths: Sequence[str]) -> Tuple[List[str], List[Diagnostic]]:
     return files, problems
 
 
-def load_documents(paths: Sequence[str]) -> Tuple[List[Document], List[Diagnostic]]:
+class ParseCache:
+    """Parsed manifest files by path and content, for a process that loads the same files
+    again and again (the daemon): a file whose bytes did not change is not parsed again.
+    Parsed documents are only read after parsing, so sharing them between loads is safe."""
+
+    def __init__(self) -> None:
+        self._files: Dict[str, Tuple[bytes, Document, Tuple[Diagnostic, ...]]] = {}
+        self.parsed = 0  # files parsed (not taken from the cache) by the last load
+
+    def read(self, path: str) -> Tuple[Document, List[Diagnostic]]:
+        data, failed = read_bytes(path)
+        if data is None:
+            assert failed is not None
+            self._files.pop(path, None)
+            return failed
+        digest = hashlib.blake2b(data, digest_size=20).digest()
+        hit = self._files.get(path)
+        if hit is not None and hit[0] == digest:
+            return hit[1], list(hit[2])
+        doc, diags = parse_bytes(data, path)
+        self._files[path] = (digest, doc, tuple(diags))
+        self.parsed += 1
+        return doc, diags
+
+    def keep_only(self, paths: Iterable[str]) -> None:
+        keep = set(paths)
+        for p in [p for p in self._files if p not in keep]:
+            del self._files[p]
+
+
+def load_documents(
+    paths: Sequence[str], cache: Optional[ParseCache] = None
+) -> Tuple[List[Document], List[Diagnostic]]:
     """Read and parse every manifest file of ``paths`` (YAML level only)."""
     files, diags = manifest_files(paths)
     docs: List[Document] = []
+    if cache is not None:
+        cache.parsed = 0
     for f in files:
-        doc, d = read_file(f)
+        doc, d = cache.read(f) if cache is not None else read_file(f)
         docs.append(doc)
         diags.extend(d)
+    if cache is not None:
+        cache.keep_only(files)
     return docs, diags
 
 
@@ -138,14 +177,15 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def load(paths: Sequence[str]) -> DesiredState:
+def load(paths: Sequence[str], cache: Optional[ParseCache] = None) -> DesiredState:
     """All manifests of ``paths`` as one desired state; ManifestError lists every problem.
 
-    An empty directory is a valid, empty desired state."""
+    An empty directory is a valid, empty desired state. With a ``cache`` only files whose
+    content changed since the cache last saw them are parsed again."""
     if isinstance(paths, (str, bytes, os.PathLike)):
         paths = [os.fsdecode(paths)]
     with _no_gc():
-        docs, diags = load_documents(list(paths))
+        docs, diags = load_documents(list(paths), cache)
         return check_documents(docs, diags)
 
 

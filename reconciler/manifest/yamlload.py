@@ -583,14 +583,22 @@ def parse_text(
     return doc, diags
 
 
-def read_file(path: str) -> Tuple[Document, List[Diagnostic]]:
-    """Read and parse one manifest file (at most MAX_FILE_BYTES + 1 bytes are read)."""
+def read_bytes(path: str) -> Tuple[Optional[bytes], Optional[Tuple[Document, List[Diagnostic]]]]:
+    """One manifest file's bytes (at most MAX_FILE_BYTES + 1 are read), or the error result."""
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+            return f.read(MAX_FILE_BYTES + 1), None
     except OSError as e:
         d = Document(path, "", ok=False)
-        return d, [Diagnostic(Location(path, 0, 0), f"cannot read: {e.strerror or e}")]
+        return None, (d, [Diagnostic(Location(path, 0, 0), f"cannot read: {e.strerror or e}")])
+
+
+def read_file(path: str) -> Tuple[Document, List[Diagnostic]]:
+    """Read and parse one manifest file."""
+    data, failed = read_bytes(path)
+    if data is None:
+        assert failed is not None
+        return failed
     return parse_bytes(data, path)
 
 

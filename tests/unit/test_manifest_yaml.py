@@ -219,3 +219,56 @@ def test_core_tags_on_collections(pure):
         "3:4: tag !!str does not fit a mapping (use !!map or no tag)",
         "4:4: tag !!int does not fit a list (use !!seq or no tag)",
     ]
+
+
+# ---- the daemon's parse cache -----------------------------------------------------------------
+
+def _cache_dir(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "00-net.yaml").write_text(
+        "version: 1\nnetworks:\n  n1:\n    parent: eth0\n    subnets: [{subnet: 10.9.0.0/24}]\n"
+    )
+    (d / "10-c.yaml").write_text("version: 1\ncontainers:\n  c1: {networks: {n1: {}}}\n")
+    return d
+
+
+def test_parse_cache_parses_only_files_whose_bytes_changed(tmp_path):
+    from reconciler.manifest import ParseCache, load
+
+    d = _cache_dir(tmp_path)
+    cache = ParseCache()
+    first = load([str(d)], cache)
+    assert cache.parsed == 2
+    assert load([str(d)], cache) == first and cache.parsed == 0
+    (d / "10-c.yaml").write_text("version: 1\ncontainers:\n  c1: {networks: {n1: {}}}\n  c2: {networks: {n1: {}}}\n")
+    edited = load([str(d)], cache)
+    assert cache.parsed == 1
+    assert sorted(edited.containers) == ["c1", "c2"]
+    assert edited == load([str(d)])  # the same as an uncached load
+
+
+def test_parse_cache_reports_a_cached_broken_file_every_time(tmp_path):
+    """A file that did not change is not parsed again, but its errors are still errors."""
+    from reconciler.errors import ManifestError
+    from reconciler.manifest import ParseCache, load
+
+    d = _cache_dir(tmp_path)
+    (d / "10-c.yaml").write_text("version: 1\ncontainers:\n  c1: {networks: {n1: {}}\n")  # unclosed
+    cache = ParseCache()
+    for parsed in (2, 0):
+        with pytest.raises(ManifestError) as e:
+            load([str(d)], cache)
+        assert cache.parsed == parsed
+        assert "10-c.yaml:4:1: YAML syntax error" in str(e.value)
+
+
+def test_parse_cache_forgets_removed_files(tmp_path):
+    from reconciler.manifest import ParseCache, load
+
+    d = _cache_dir(tmp_path)
+    cache = ParseCache()
+    load([str(d)], cache)
+    (d / "10-c.yaml").unlink()
+    assert load([str(d)], cache).containers == {}
+    assert sorted(cache._files) == [str(d / "00-net.yaml")]
