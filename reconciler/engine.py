@@ -21,7 +21,7 @@ from .state import State, StateStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kernel.apply import ApplyResult
-    from .kernel.host import Kernel, Snapshot
+    from .kernel.host import Kernel, Snapshot, StillValid
 
 
 def machine_id() -> str:
@@ -87,7 +87,26 @@ def offline_live(live_state_file: Optional[str]) -> HostState:
         return load_state_json(f.read(), live_state_file)
 
 
-def observe_host(kernel: "Kernel", intents: Sequence[Key] = ()) -> Tuple[HostState, "Snapshot"]:
+@dataclass
+class ObservationCache:
+    """The daemon's memory between reconciles: the last snapshot, and who can say which of
+    its namespace dumps still hold (the netlink monitor). ``engine.apply`` reuses those and
+    dumps the rest, and leaves its verify snapshot here for the next run. ``snapshot=None``
+    asks for a full observation (the daemon's start, SIGHUP, the periodic resync)."""
+
+    still_valid: "StillValid"
+    snapshot: Optional["Snapshot"] = None
+    reused: int = 0  # namespaces taken from the previous snapshot by the last run's observe
+    dumped: int = 0  # namespaces dumped by the last run's observe (verify is not counted)
+
+
+def observe_host(
+    kernel: "Kernel",
+    intents: Sequence[Key] = (),
+    previous: Optional["Snapshot"] = None,
+    still_valid: Optional["StillValid"] = None,
+    cache: Optional[ObservationCache] = None,
+) -> Tuple[HostState, "Snapshot"]:
     from .kernel.handlers import observe
     from .objects import MARKER
 
@@ -98,7 +117,10 @@ def observe_host(kernel: "Kernel", intents: Sequence[Key] = ()) -> Tuple[HostSta
             return True
         return any(l.name == "lo" and l.alias == MARKER for l in links)
 
-    snap = kernel.snapshot(is_ours)
+    snap = kernel.snapshot(is_ours, previous=previous, still_valid=still_valid)
+    if cache is not None:
+        cache.reused = kernel.reused
+        cache.dumped = len(snap.namespaces) - kernel.reused
     return observe(snap, intents), snap
 
 
@@ -129,8 +151,13 @@ def apply(
     kernel: "Kernel",
     rollback: bool = True,
     lock_timeout: float = 60.0,
+    cache: Optional[ObservationCache] = None,
 ) -> ApplyOutcome:
-    """Observe, plan, execute, verify -- under the writer lock."""
+    """Observe, plan, execute, verify -- under the writer lock.
+
+    With a ``cache`` (the daemon) namespaces it vouches for are not dumped again; verify
+    re-dumps only what this run touched (everything after a failure or a change to a host
+    link, whose deletion takes endpoints in other namespaces with it)."""
     from .kernel.apply import execute, rollback_plan
 
     t0 = time.monotonic()
@@ -138,7 +165,11 @@ def apply(
     with store.lock(lock_timeout):
         state = store.load()
         t = time.monotonic()
-        live, snap = observe_host(kernel, state.intents)
+        if cache is not None:
+            live, snap = observe_host(kernel, state.intents, cache.snapshot, cache.still_valid, cache)
+            cache.snapshot = None  # until this run has a snapshot it can vouch for
+        else:
+            live, snap = observe_host(kernel, state.intents)
         phases["observe"] = time.monotonic() - t
         t = time.monotonic()
         planned = plan_for(desired, live, state)
@@ -153,6 +184,8 @@ def apply(
             out.netlink_writes = kernel.counter.count - writes_before
             out.seconds = time.monotonic() - t0
             out.phases = phases
+            if cache is not None:
+                cache.snapshot = snap
             return out
         # write-ahead: what we are about to create, so a kill mid-way leaves no orphan
         # ... and what we are about to delete: deleting a namespace is umount + unlink, and a
@@ -178,7 +211,18 @@ def apply(
             undone = {a.key for a in out.rollback.done}
             intents = tuple(k for k in intents if k not in undone)
         t = time.monotonic()
-        live_after, _ = observe_host(kernel, intents)
+        if cache is not None and result.ok and out.rollback is None and not any(
+            a.kind in (Kind.VLAN, Kind.DUMMY) for a in plan.actions
+        ):
+            touched = {a.key[1] for a in plan.actions if a.kind is not Kind.HOSTS}  # files: always re-read
+            base = cache.still_valid
+
+            def still_valid(name: str, view) -> bool:
+                return name not in touched and base(name, view)
+
+            live_after, snap_after = observe_host(kernel, intents, snap, still_valid)
+        else:
+            live_after, snap_after = observe_host(kernel, intents)
         verify_state = State(allocations=planned.allocations)
         try:
             out.verify = plan_for(desired, live_after, verify_state).plan
@@ -188,6 +232,8 @@ def apply(
             # the failure itself can be such a clash (a name taken mid-apply): report it
             out.verify = Plan(warnings=tuple(f"verify: {p}" for p in e.problems))
         phases["verify"] = time.monotonic() - t
+        if cache is not None and result.ok and out.verify.empty:
+            cache.snapshot = snap_after
         if result.ok:
             store.save(State(allocations=planned.allocations))
         else:

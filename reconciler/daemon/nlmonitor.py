@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+from ..kernel.host import netns_identity
 from . import logs
 
 # rtnetlink multicast groups (RTNLGRP_*) as bind() bitmask bits (1 << (group - 1))
@@ -71,14 +72,6 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-def netns_identity(path: str) -> Optional[Tuple[int, int]]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _readable(fds, timeout: float):
     """The fds of ``fds`` that are readable within ``timeout`` seconds. poll(), not
     select(): one monitor socket per namespace puts fd numbers past select()'s
@@ -107,6 +100,10 @@ class NsMonitor:
         self.addrs: Set[tuple] = set()
         self.portid = sock.getsockname()[0]
         self.dump_seq = 0
+        # time.monotonic() of the socket's start, and of the last change that matters (or
+        # lost events) read from it: see NetlinkMonitor.unchanged_since
+        self.opened = time.monotonic()
+        self.changed = self.opened
 
     @property
     def label(self) -> str:
@@ -229,6 +226,15 @@ class NetlinkMonitor:
             self._dirty = True
         self._wake()
 
+    def unchanged_since(self, name: str, t: float) -> bool:
+        """True when namespace NAME was watched from before ``t`` (a time.monotonic()) and no
+        change that matters (nor a lost event) has been read from it since: a dump taken at
+        ``t`` still describes it. A change not read yet is reported as a trigger when it is,
+        and the reconcile that follows finds it here."""
+        with self._lock:
+            m = self._mons.get(name)
+        return m is not None and m.opened < t and m.changed < t
+
     def monitored(self) -> List[str]:
         with self._lock:
             return sorted(n for n in self._mons if n)
@@ -299,6 +305,7 @@ class NetlinkMonitor:
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
                     self.overflows += 1
+                    m.changed = time.monotonic()
                     self.notify("netlink", f"{m.label}: events lost (receive buffer overflow)")
                     if m.dump_seq:
                         done = True  # the dump is lost too; caches refill from events
@@ -329,6 +336,7 @@ class NetlinkMonitor:
             if seeding and done:
                 break
         if count:
+            m.changed = time.monotonic()
             self.notify("netlink", first + (f" (+{count - 1} more)" if count > 1 else ""))
         return done
 

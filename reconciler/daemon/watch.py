@@ -9,11 +9,17 @@ Threads:
 * watchers -- watchdog (manifest files), the netlink monitor (drift and
   /run/netns), the metrics HTTP server: they only enqueue (or read counters).
 
-Every reconcile is a full one: ``engine.apply`` observes the whole host,
-plans and repairs, so any trigger -- a file edit, a link deleted by hand, a
-missing parent appearing, the periodic resync -- converges everything. Our
-own apply's netlink events cause one more reconcile whose plan is empty
-(nothing written, so nothing more follows).
+Every reconcile plans the whole desired state against the whole host, so any
+trigger -- a file edit, a link deleted by hand, a missing parent appearing,
+the periodic resync -- converges everything. What it does not do every time
+is dump every namespace: the netlink monitor watches each of ours, and a
+namespace in which nothing that matters changed since its last dump (same
+/run/netns identity, monitored from before that dump, no event since) is
+taken from the previous reconcile's snapshot (``engine.ObservationCache``).
+The start, SIGHUP, a retry after a failure and the periodic resync observe
+everything afresh, so a change the monitor cannot see (or missed) is found by
+the next resync at the latest. Our own apply's netlink events cause one more
+reconcile whose plan is empty (nothing written, so nothing more follows).
 
 Error classes (``classify``): a manifest that does not load changes nothing
 (the last valid desired state stays in force, drift repair included) and each
@@ -101,6 +107,9 @@ class Daemon:
         self.metrics = Metrics()
         self.status = DaemonStatus(manifest_paths=list(self.paths), state_dir=state_dir)
         self._loader = loader
+        from ..manifest import ParseCache
+
+        self.parse_cache = ParseCache()  # an edit re-parses only the files it changed
         self._apply = apply_fn
         self._kernel_factory = kernel_factory
         # desired state in force
@@ -118,6 +127,7 @@ class Daemon:
         self.watcher = None
         self.monitor = None
         self.monitor_kernel = None
+        self.observation = None  # engine.ObservationCache, once the netlink monitor runs
         self.metrics_server: Optional[MetricsServer] = None
         self.thread: Optional[threading.Thread] = None
         self._status_warned = False
@@ -129,7 +139,7 @@ class Daemon:
             return self._loader(paths)
         from ..manifest import load
 
-        return load(paths)
+        return load(paths, self.parse_cache)
 
     def apply(self, desired):
         from .. import engine
@@ -137,7 +147,8 @@ class Daemon:
         kernel = self._kernel_factory() if self._kernel_factory else self._new_kernel()
         try:
             fn = self._apply or engine.apply
-            return fn(desired, self.store, kernel, rollback=True, lock_timeout=self.lock_timeout)
+            extra = {"cache": self.observation} if self.observation is not None else {}
+            return fn(desired, self.store, kernel, rollback=True, lock_timeout=self.lock_timeout, **extra)
         finally:
             if kernel is not None and hasattr(kernel, "close"):
                 kernel.close()
@@ -310,6 +321,10 @@ class Daemon:
         t0 = self.clock()
         trigger = batch.describe()
         self.status.last_trigger = trigger
+        if self.observation is not None and (
+            batch.has("start", "hup") or "resync" in batch.timers or "retry" in batch.timers
+        ):
+            self.observation.snapshot = None  # observe every namespace afresh
         try:
             out = self.apply(desired)
         except Exception as e:
@@ -343,13 +358,14 @@ class Daemon:
                     destroyed=destroy,
                     seconds=round(seconds, 3),
                     netlink_writes=out.netlink_writes,
+                    **self.timing(out),
                 )
                 for a in actions[:MAX_LOGGED_ACTIONS]:
                     logs.info(f"  {action_line(a)}", op=a.op.value, kind=a.kind.label)
                 if len(actions) > MAX_LOGGED_ACTIONS:
                     logs.info(f"  ... and {len(actions) - MAX_LOGGED_ACTIONS} more")
             else:
-                logs.debug("reconciled: no changes", trigger=trigger, seconds=round(seconds, 3))
+                logs.debug("reconciled: no changes", trigger=trigger, seconds=round(seconds, 3), **self.timing(out))
             if pending and pending != self.status.pending:
                 for p in pending:
                     logs.warning(f"pending: {p}")
@@ -383,6 +399,17 @@ class Daemon:
         self.status.pending = pending
         self.metrics.set_pending(len(pending))
         self.finish(result, started, seconds, out.exit_code)
+
+    def timing(self, out) -> Dict[str, object]:
+        """Where a reconcile's time went, and how much of the host it dumped (for the log)."""
+        extra: Dict[str, object] = {}
+        phases = getattr(out, "phases", None)
+        if phases:
+            extra["phases"] = " ".join(f"{k}={v:.3f}" for k, v in phases.items())
+        if self.observation is not None:
+            extra["namespaces_dumped"] = self.observation.dumped
+            extra["namespaces_reused"] = self.observation.reused
+        return extra
 
     def reconcile_failed(self, e: BaseException, seconds: float, trigger: str) -> None:
         cls = classify(e)
@@ -507,6 +534,10 @@ class Daemon:
             self.monitor_kernel, lambda src, detail: self.triggers.put(src, detail), netns_poll=self.netns_poll
         )
         self.monitor.start()
+        from ..engine import ObservationCache
+
+        monitor = self.monitor
+        self.observation = ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken))
 
     def stop_watchers(self) -> None:
         for name, fn in (

@@ -4,8 +4,9 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import KernelError
 from ..objects import HOSTS_MARKER
@@ -37,6 +38,9 @@ class NsView:
     addrs: List[AddrRec] = field(default_factory=list)
     routes: List[RouteRec] = field(default_factory=list)
     broken: bool = False  # a /run/netns entry we cannot enter (e.g. a crash mid-create)
+    identity: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) of /run/netns/NAME before the dump
+    taken: float = 0.0  # time.monotonic() when the dump started
+    full: bool = False  # addresses and routes were dumped too (not only links)
 
     def link_by_index(self) -> Dict[int, LinkRec]:
         return {l.index: l for l in self.links}
@@ -53,6 +57,20 @@ class Snapshot:
     host: NsView
     namespaces: Dict[str, NsView]  # every named namespace (ours fully dumped, others links only)
     hosts_files: Dict[str, str]  # ns name -> content of /etc/netns/NAME/hosts (if present)
+
+
+def netns_identity(path: str) -> Optional[Tuple[int, int]]:
+    """Which namespace a /run/netns entry is: a namespace deleted and re-created under the
+    same name is a different one."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+#: ``still_valid(name, view)``: may this earlier dump of namespace NAME stand for it now?
+StillValid = Callable[[str, NsView], bool]
 
 
 def _raise_nofile() -> None:
@@ -78,6 +96,7 @@ class Kernel:
         self.host = NetlinkSocket("host namespace", self.counter)
         self._ns: Dict[str, NetlinkSocket] = {}
         self._run_dir_ready = False
+        self.reused = 0  # namespaces the last snapshot took from the previous one
 
     # namespaces ---------------------------------------------------------------------------
     def ns_path(self, name: str) -> str:
@@ -294,19 +313,47 @@ class Kernel:
             pass
 
     # snapshot ---------------------------------------------------------------------------------
-    def snapshot(self, is_ours) -> Snapshot:
+    def snapshot(
+        self,
+        is_ours,
+        previous: Optional[Snapshot] = None,
+        still_valid: Optional[StillValid] = None,
+    ) -> Snapshot:
         """Dump the host namespace and every named namespace. Namespaces for which
-        ``is_ours(name, links)`` is true get their addresses and routes dumped too."""
-        host = NsView("")
+        ``is_ours(name, links)`` is true get their addresses and routes dumped too.
+
+        With ``previous`` and ``still_valid`` (the daemon: its netlink monitor knows which
+        namespaces changed since a given moment) a namespace's earlier view is reused instead
+        of dumped when it is the same namespace (same identity), was dumped in full if it is
+        ours, and ``still_valid`` vouches for it. The host namespace and the hosts files are
+        always read afresh."""
+        host = NsView("", taken=time.monotonic(), full=True)
         host.links = self.host.dump_links()
         host.addrs = self.host.dump_addrs()
         host.routes = self.host.dump_routes()
         names = self.list_netns()
+        idents = {n: netns_identity(self.ns_path(n)) for n in names}
         namespaces: Dict[str, NsView] = {}
-        if names:
-            socks = self._open_ns_sockets_lenient(names)
-            for name in names:
-                view = NsView(name)
+        todo: List[str] = []
+        self.reused = 0
+        for name in names:
+            prev = previous.namespaces.get(name) if previous is not None and still_valid is not None else None
+            if (
+                prev is not None
+                and not prev.broken
+                and prev.identity is not None
+                and prev.identity == idents[name]
+                and (prev.full or not is_ours(name, prev.links))
+                and still_valid(name, prev)
+            ):
+                namespaces[name] = prev
+                self.reused += 1
+            else:
+                todo.append(name)
+        if todo:
+            socks = self._open_ns_sockets_lenient(todo)
+            for name in todo:
+                view = NsView(name, identity=idents[name], taken=time.monotonic())
                 sock = socks.get(name)
                 if sock is None:
                     view.broken = True
@@ -316,8 +363,10 @@ class Kernel:
                 if is_ours(name, view.links):
                     view.addrs = sock.dump_addrs()
                     view.routes = sock.dump_routes()
+                    view.full = True
                 namespaces[name] = view
                 self.close_ns_socket(name)  # keep the fd count low; apply reopens on demand
+        namespaces = {n: namespaces[n] for n in names}  # listing order, reused or not
         hosts = self.read_hosts_files(set(names) | set(self.list_hosts_dirs()))
         return Snapshot(host=host, namespaces=namespaces, hosts_files=hosts)
 

@@ -1,0 +1,133 @@
+"""The daemon's observation cache on the real kernel (VM only): a namespace dump is reused
+only while the netlink monitor vouches for it, so a hand-made change is still found, and
+what is reused really is not dumped again.
+
+The engine is driven in-process with a real NetlinkMonitor (what `ipvlanctl watch` wires up);
+every claim is checked against the kernel with `ip -j`.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from enginekit import Reconciler, addrs, sh
+
+from reconciler import engine
+from reconciler.daemon.nlmonitor import NetlinkMonitor
+from reconciler.errors import PlanError
+from reconciler.kernel.host import Kernel
+from reconciler.manifest import load
+from reconciler.state import StateStore
+
+NAMES = ["obs1", "obs2", "obs3"]
+MANIFEST = """\
+version: 1
+networks:
+  obsnet:
+    parent: eth0
+    subnets:
+      - subnet: 192.168.1.0/24
+        gateway: 192.168.1.1
+containers:
+  obs1: {networks: {obsnet: {ip: 192.168.1.61}}}
+  obs2: {networks: {obsnet: {ip: 192.168.1.62}}}
+  obs3: {networks: {obsnet: {ip: 192.168.1.63}}}
+"""
+
+
+def wait_for(cond, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def watched(tmp_path):
+    r = Reconciler(tmp_path)
+    r.write("obs.yaml", MANIFEST)
+    assert r.apply()["converged"]
+    events = []
+    mkernel = Kernel()
+    monitor = NetlinkMonitor(mkernel, lambda src, detail: events.append(detail), netns_poll=0.2)
+    monitor.start()
+    monitor.set_namespaces(NAMES)
+    wait_for(lambda: monitor.monitored() == NAMES, "the monitor to watch every namespace")
+    time.sleep(0.2)  # dumps below must start after the sockets were opened
+    try:
+        yield r, monitor, events
+    finally:
+        monitor.stop()
+        mkernel.close()
+        r.teardown()
+
+
+def run_apply(r: Reconciler, cache: engine.ObservationCache) -> engine.ApplyOutcome:
+    with Kernel() as k:
+        return engine.apply(load([r.dir]), StateStore(r.state), k, cache=cache)
+
+
+def test_unchanged_namespaces_are_reused_and_a_hand_made_change_is_dumped(watched):
+    r, monitor, events = watched
+    cache = engine.ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken))
+
+    first = run_apply(r, cache)
+    assert first.plan.empty and first.converged
+    assert (cache.dumped, cache.reused) == (3, 0)  # nothing to reuse yet
+    assert cache.snapshot is not None
+
+    second = run_apply(r, cache)
+    assert second.plan.empty and second.netlink_writes == 0
+    assert (cache.dumped, cache.reused) == (0, 3)
+
+    sh("ip -n obs2 addr del 192.168.1.62/24 dev eth0")
+    wait_for(lambda: any("obs2" in e and "deleted" in e for e in events), "the monitor to report the deletion")
+    third = run_apply(r, cache)
+    assert (cache.dumped, cache.reused) == (1, 2)
+    # the address, and the default route the kernel flushed with it: all in obs2
+    assert ("create", "address") in [(a.op.value, a.kind.label) for a in third.plan.actions]
+    assert {a.key[1] for a in third.plan.actions} == {"obs2"}
+    assert third.converged
+    assert addrs("obs2") == ["192.168.1.62/24"]  # repaired in the kernel
+
+    # after our own repair (verify re-dumped obs2), the next run finds nothing to do
+    fourth = run_apply(r, cache)
+    assert fourth.plan.empty
+
+
+def test_a_vouching_predicate_is_what_stands_between_reuse_and_a_stale_view(watched):
+    """The same hand-made change, with a predicate that vouches for everything: the stale
+    view is reused and the change goes unseen. This is why only the monitor may vouch, and
+    why the daemon's periodic resync observes everything afresh (snapshot=None)."""
+    r, monitor, _ = watched
+    cache = engine.ObservationCache(lambda name, view: True)
+    assert run_apply(r, cache).plan.empty
+    sh("ip -n obs3 addr del 192.168.1.63/24 dev eth0")
+    blind = run_apply(r, cache)
+    assert blind.plan.empty and cache.reused == 3
+    assert addrs("obs3") == []
+    cache.snapshot = None  # what a resync does
+    fresh = run_apply(r, cache)
+    assert (cache.dumped, cache.reused) == (3, 0)
+    assert ("create", "address") in [(a.op.value, a.kind.label) for a in fresh.plan.actions]
+    assert {a.key[1] for a in fresh.plan.actions} == {"obs3"}
+    assert addrs("obs3") == ["192.168.1.63/24"]
+
+
+def test_a_replaced_namespace_is_never_reused(watched):
+    """Deleted and re-created under the same name by hand: a different namespace (identity),
+    dumped again even when the predicate vouches. It carries no marker now, so the plan
+    refuses to take it over -- a reused view would have said "ours, nothing to do"."""
+    r, _, _ = watched
+    cache = engine.ObservationCache(lambda name, view: True)
+    assert run_apply(r, cache).plan.empty
+    sh("ip netns del obs1")
+    sh("ip netns add obs1")
+    with pytest.raises(PlanError, match="obs1"):
+        run_apply(r, cache)
+    sh("ip netns del obs1")
+    out = run_apply(r, cache)
+    assert out.converged
+    assert addrs("obs1") == ["192.168.1.61/24"]
