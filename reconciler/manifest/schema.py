@@ -19,9 +19,10 @@ import functools
 import json
 import os
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-import jsonschema
+if TYPE_CHECKING:  # pragma: no cover
+    import jsonschema  # imported where used: only a manifest with errors needs it (1/5 of startup)
 
 from ..errors import Diagnostic
 from .yamlload import Document, key_position, position_of, type_name
@@ -49,6 +50,8 @@ def schema() -> Dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def validator() -> jsonschema.Draft202012Validator:
     """The full validator of a manifest (built once)."""
+    import jsonschema
+
     return jsonschema.Draft202012Validator(schema())
 
 
@@ -62,11 +65,15 @@ def _shallow_schema() -> Dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _shallow_validator() -> jsonschema.Draft202012Validator:
+    import jsonschema
+
     return jsonschema.Draft202012Validator(_shallow_schema())
 
 
 @functools.lru_cache(maxsize=None)
 def _def_validator(name: str) -> jsonschema.Draft202012Validator:
+    import jsonschema
+
     s = schema()
     return jsonschema.Draft202012Validator({"$schema": s["$schema"], "$defs": s["$defs"], "$ref": f"#/$defs/{name}"})
 
