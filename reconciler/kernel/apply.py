@@ -104,11 +104,8 @@ class Ctx:
         req = Request(data=data, operation=operation, obj=obj, ok_errnos=tuple(ok), action=self.current)
         self._queues.setdefault(phase, []).append((sock, req))
 
-    def sysctl(self, ns: str, path: str, value: str, key: Key) -> None:
+    def sysctl(self, ns: str, path: str, value: str) -> None:
         self.kernel.write_sysctls(ns, [(path, value)])
-
-    def done_immediately(self, key: Key) -> None:
-        pass
 
     def flush(self) -> None:
         """Send every queued request, phase by phase, and record failures per action."""

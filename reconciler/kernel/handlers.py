@@ -256,13 +256,11 @@ class NetnsHandler(Handler):
     def create(self, ctx: "Ctx", obj: Netns, phase: int = 0) -> None:
         sock = ctx.kernel.create_netns(obj.name)
         ctx.new_netns.add(obj.name)
-        ctx.done_immediately(obj.key)
         # lo up and our marker on it, in one request
         ctx.queue(sock, phase, _link_flags_alias("lo", True, MARKER, index=1), "bring up lo in", f"namespace {obj.name}")
 
     def delete(self, ctx: "Ctx", obj: Netns, phase: int = 0) -> None:
         ctx.kernel.delete_netns(obj.name)
-        ctx.done_immediately(obj.key)
 
     def update(self, ctx: "Ctx", before: Netns, after: Netns) -> None:
         sock = ctx.kernel.ns_socket(after.name)
@@ -314,10 +312,10 @@ class SysctlHandler(Handler):
     kind = Kind.SYSCTL
 
     def create(self, ctx: "Ctx", obj: Sysctl, phase: int = 0) -> None:
-        ctx.sysctl(obj.ns, f"/proc/sys/net/ipv6/conf/{obj.ifname}/{obj.name}", str(obj.value), obj.key)
+        ctx.sysctl(obj.ns, f"/proc/sys/net/ipv6/conf/{obj.ifname}/{obj.name}", str(obj.value))
 
     def delete(self, ctx: "Ctx", obj: Sysctl, phase: int = 0) -> None:
-        ctx.done_immediately(obj.key)  # goes away with its interface
+        pass  # goes away with its interface
 
     def update(self, ctx: "Ctx", before: Sysctl, after: Sysctl) -> None:
         self.create(ctx, after)
@@ -394,11 +392,9 @@ class HostsHandler(Handler):
 
     def create(self, ctx: "Ctx", obj: HostsFile, phase: int = 0) -> None:
         ctx.kernel.write_hosts(obj.ns, obj.content)
-        ctx.done_immediately(obj.key)
 
     def delete(self, ctx: "Ctx", obj: HostsFile, phase: int = 0) -> None:
         ctx.kernel.delete_hosts(obj.ns)
-        ctx.done_immediately(obj.key)
 
     def update(self, ctx: "Ctx", before: HostsFile, after: HostsFile) -> None:
         self.create(ctx, after)
