@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import KernelError
-from ..objects import HOSTS_MARKER
+from ..objects import HOSTS_MARKER, RTPROT
 from .netlink import (
     MNT_DETACH,
     MS_BIND,
@@ -18,6 +18,7 @@ from .netlink import (
     AddrRec,
     LinkRec,
     NetlinkSocket,
+    RT_TABLE_MAIN,
     NsWorker,
     RouteRec,
     WriteCounter,
@@ -330,7 +331,7 @@ class Kernel:
         host = NsView("", taken=time.monotonic(), full=True)
         host.links = self.host.dump_links()
         host.addrs = self.host.dump_addrs()
-        host.routes = self.host.dump_routes()
+        host.routes = self.host.dump_routes(table=RT_TABLE_MAIN)  # host facts: main table only
         names = self.list_netns()
         idents = {n: netns_identity(self.ns_path(n)) for n in names}
         namespaces: Dict[str, NsView] = {}
@@ -362,7 +363,7 @@ class Kernel:
                 view.links = sock.dump_links()
                 if is_ours(name, view.links):
                     view.addrs = sock.dump_addrs()
-                    view.routes = sock.dump_routes()
+                    view.routes = sock.dump_routes(table=RT_TABLE_MAIN, protocol=RTPROT)  # ours only
                     view.full = True
                 namespaces[name] = view
                 self.close_ns_socket(name)  # keep the fd count low; apply reopens on demand

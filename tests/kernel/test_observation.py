@@ -36,6 +36,22 @@ containers:
 """
 
 
+DUAL_STACK = """\
+version: 1
+networks:
+  obsnet6:
+    parent: eth0
+    ipv6: true
+    subnets:
+      - subnet: 192.168.1.0/24
+        gateway: 192.168.1.1
+      - subnet: fd00:61::/64
+        gateway: fd00:61::1
+containers:
+  obs1: {networks: {obsnet6: {ip: 192.168.1.61, ip6: "fd00:61::61"}}}
+"""
+
+
 def wait_for(cond, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -131,3 +147,32 @@ def test_a_replaced_namespace_is_never_reused(watched):
     out = run_apply(r, cache)
     assert out.converged
     assert addrs("obs1") == ["192.168.1.61/24"]
+
+
+def test_route_dumps_filtered_in_the_kernel_match_filtering_here(tmp_path):
+    """The snapshot asks the kernel (strict checking) for main-table routes of protocol 149
+    only; the same filter applied to an unfiltered dump gives the same routes, and the
+    kernel really did leave the others out."""
+    from reconciler.kernel.netlink import RT_TABLE_MAIN
+    from reconciler.objects import RTPROT
+
+    r = Reconciler(tmp_path)
+    r.write("obs.yaml", DUAL_STACK)
+    try:
+        assert r.apply()["converged"]
+        with Kernel() as k:
+            sock = k.ns_socket("obs1")
+            assert sock.strict
+            everything = sock.dump_routes()
+            ours = sock.dump_routes(table=RT_TABLE_MAIN, protocol=RTPROT)
+            host_main = k.host.dump_routes(table=RT_TABLE_MAIN)
+            host_all = k.host.dump_routes()
+        key = lambda rt: (rt.family, rt.dst, rt.dst_len, rt.gateway, rt.oif)  # noqa: E731
+        expected = [rt for rt in everything if rt.table == RT_TABLE_MAIN and rt.protocol == RTPROT]
+        assert sorted(map(key, ours)) == sorted(map(key, expected))
+        assert {(rt.family, rt.dst) for rt in ours} == {(2, None), (10, None)}  # both default routes
+        assert len(everything) > len(ours)  # local-table and kernel routes exist, and were left out
+        assert sorted(map(key, host_main)) == sorted(map(key, [rt for rt in host_all if rt.table == RT_TABLE_MAIN]))
+        assert len(host_all) > len(host_main)
+    finally:
+        r.teardown()
