@@ -66,6 +66,7 @@ NAMES = {
 }
 
 HOST = ""  # key of the host namespace's socket
+FULL_SCAN_EVERY = 10  # /run/netns polls: stat every entry at least this often
 
 
 def _align(n: int) -> int:
@@ -207,6 +208,13 @@ class NetlinkMonitor:
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._seen: Dict[str, Optional[Tuple[int, int]]] = {}
+        # one poll object for the life of the monitor: registering a thousand sockets on
+        # every wake-up was the idle daemon's main cost at 1,000 namespaces
+        self._poller = select.poll()
+        self._poller.register(self._wake_r, select.POLLIN)
+        self._by_fd: Dict[int, NsMonitor] = {}
+        self._dir_stamp: Optional[Tuple[int, int]] = None
+        self._netns_polls = 0
         self.thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
         self.overflows = 0
 
@@ -264,14 +272,12 @@ class NetlinkMonitor:
         next_poll = time.monotonic() + self.netns_poll
         while not self._stop.is_set():
             try:
-                fds = [self._wake_r] + [m.sock.fileno() for m in self._mons.values()]
-                by_fd = {m.sock.fileno(): m for m in self._mons.values()}
                 timeout = max(0.0, next_poll - time.monotonic())
                 try:
-                    readable = _readable(fds, timeout)
-                except (OSError, ValueError):  # a socket closed under us: rebuild the set
-                    readable = []
-                for fd in readable:
+                    events = self._poller.poll(max(0, -int(-timeout * 1000 // 1)))  # ms, rounded up
+                except OSError:  # EINTR
+                    events = []
+                for fd, ev in events:
                     if fd == self._wake_r:
                         try:
                             while os.read(self._wake_r, 4096):
@@ -279,8 +285,11 @@ class NetlinkMonitor:
                         except OSError:
                             pass
                         continue
-                    m = by_fd.get(fd)
-                    if m is not None and self._mons.get(m.name) is m:
+                    m = self._by_fd.get(fd)
+                    if m is None or ev & select.POLLNVAL:  # closed under us
+                        self._forget_fd(fd)
+                        continue
+                    if self._mons.get(m.name) is m:
                         self._read(m)
                 if self._dirty:
                     self._sync()
@@ -366,12 +375,27 @@ class NetlinkMonitor:
         with self._lock:
             self._mons[name] = m
         self._seed(m)
+        fd = sock.fileno()
+        self._forget_fd(fd)  # a number reused after a close we did not see
+        self._by_fd[fd] = m
+        self._poller.register(fd, select.POLLIN)
         return m
+
+    def _forget_fd(self, fd: int) -> None:
+        self._by_fd.pop(fd, None)
+        try:
+            self._poller.unregister(fd)
+        except KeyError:
+            pass
 
     def _close(self, name: str) -> None:
         with self._lock:
             m = self._mons.pop(name, None)
         if m is not None:
+            try:
+                self._forget_fd(m.sock.fileno())
+            except OSError:
+                pass
             m.close()
 
     def _sync(self) -> None:
@@ -404,7 +428,23 @@ class NetlinkMonitor:
     def _list_netns(self) -> Dict[str, Optional[Tuple[int, int]]]:
         return {n: netns_identity(self.kernel.ns_path(n)) for n in self.kernel.list_netns()}
 
+    def _netns_dir_stamp(self) -> Optional[Tuple[int, int]]:
+        try:
+            st = os.stat(self.kernel.netns_dir)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
     def _poll_netns(self) -> None:
+        """Compare /run/netns with what we saw. Adding, removing or replacing an entry
+        (ip netns add/del) changes the directory's mtime, so while it stays the same the
+        thousand stat() calls are skipped -- except every FULL_SCAN_EVERY-th poll, in case two
+        changes fell into one tick of the filesystem's clock."""
+        self._netns_polls += 1
+        stamp = self._netns_dir_stamp()
+        if stamp is not None and stamp == self._dir_stamp and self._netns_polls % FULL_SCAN_EVERY:
+            return
+        self._dir_stamp = stamp
         now = self._list_netns()
         if now == self._seen:
             return
