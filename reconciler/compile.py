@@ -209,19 +209,26 @@ class HostsBuilder:
 
     def __init__(self, desired: DesiredState):
         self.own: Dict[Tuple[str, str], str] = {}  # (container, network) -> its lines on that network
+        self.span: Dict[Tuple[str, str], Tuple[int, int]] = {}  # ... and where they are in the block
         blocks: Dict[str, List[str]] = {}
+        sizes: Dict[str, int] = {}
         for c in desired.containers.values():
             for att in c.attachments:
                 names = " ".join((c.name,) + tuple(att.aliases))
                 lines = "".join(f"{ip}\t{names}\n" for ip in (att.ip, att.ip6) if ip is not None)
+                start = sizes.get(att.network, 0)
                 self.own[(c.name, att.network)] = lines
+                self.span[(c.name, att.network)] = (start, start + len(lines))
+                sizes[att.network] = start + len(lines)
                 blocks.setdefault(att.network, []).append(lines)
         self.blocks = {net: "".join(lines) for net, lines in blocks.items()}
 
     def content(self, c) -> str:
         own = [self.own[(c.name, att.network)] for att in c.attachments]
         parts = [self.HEADER] + own
-        for att, mine in zip(c.attachments, own):
+        for att in c.attachments:
             block = self.blocks.get(att.network, "")
-            parts.append(block.replace(mine, "", 1) if mine else block)
+            start, end = self.span[(c.name, att.network)]
+            parts.append(block[:start])  # the network's block without this container's lines
+            parts.append(block[end:])
         return "".join(parts)

@@ -284,23 +284,25 @@ def _toposort(actions: List[Action], rank: Dict[Key, int], reverse: bool) -> Lis
                 succ[src].append(dst)
                 indeg[dst] += 1
 
-    def prio(k: Key) -> tuple:
-        # ``rank`` is the position in (kind, key) order; deletions run kinds in reverse
-        return (-int(k[0]) if reverse else int(k[0]), rank[k])
-
-    heap = [(prio(k), i, k) for i, k in enumerate(by_key) if indeg[k] == 0]
+    # priority: kind order (reversed for deletions), then ``rank`` (the position in (kind,
+    # key) order) -- one int per key, so the heap compares ints, not tuples
+    n = len(by_key)
+    size = len(rank) + 1
+    if reverse:
+        prio = {k: (64 - int(k[0])) * size + rank[k] for k in by_key}
+    else:
+        prio = {k: rank[k] for k in by_key}  # rank already orders by kind first
+    key_of = {p: k for k, p in prio.items()}
+    heap = [prio[k] for k in by_key if indeg[k] == 0]
     heapq.heapify(heap)
     out: List[Action] = []
-    n = len(by_key)
-    counter = n
     while heap:
-        _, _, k = heapq.heappop(heap)
+        k = key_of[heapq.heappop(heap)]
         out.append(by_key[k])
         for s in succ[k]:
             indeg[s] -= 1
             if indeg[s] == 0:
-                counter += 1
-                heapq.heappush(heap, (prio(s), counter, s))
+                heapq.heappush(heap, prio[s])
     if len(out) != n:
         stuck = sorted((k for k in by_key if indeg[k] > 0), key=_sort_key)
         raise PlanError([f"dependency cycle among: {', '.join(describe_key(k) for k in stuck)}"])
