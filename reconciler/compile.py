@@ -164,7 +164,8 @@ def compile_state(desired: DesiredState, facts: Optional[HostFacts], offline: bo
                 if sub is None:
                     problems.append(f"container {c.name}: {ip} is in no subnet of network {net.name}")
                     continue
-                iface = (ipaddress.IPv4Interface if fam == 4 else ipaddress.IPv6Interface)((ip, sub.cidr.prefixlen))
+                # from the int: given an address object, ipaddress formats and re-parses it
+                iface = (ipaddress.IPv4Interface if fam == 4 else ipaddress.IPv6Interface)((int(ip), sub.cidr.prefixlen))
                 objs.append(Address(ns=c.name, ifname=att.ifname, address=iface))
                 # default route candidate: non-internal first, then attachment order
                 if net.l3:
