@@ -37,7 +37,8 @@ from ..objects import (
     VlanLink,
 )
 from . import netlink as nl
-from .host import Snapshot
+from .host import NsView, Snapshot
+from .netlink import LinkRec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .apply import Ctx
@@ -98,66 +99,22 @@ def observe(snap: Snapshot, intents: Iterable[Key] = ()) -> HostState:
 
     foreign_netns: List[str] = []
     foreign_links: Dict[Tuple[str, str], str] = {}
-    owned_ns: Set[str] = set()
+    # A namespace's objects depend only on its dump, the host's link names (its endpoints'
+    # parents) and the intents; the daemon reuses dumps (ObservationCache), so the objects
+    # made from one are kept with it and reused while the host's links are the same.
+    host_sig = tuple((l.index, l.name) for l in host.links)
     for name, view in snap.namespaces.items():
-        lo = view.link_named("lo")
-        marked = lo is not None and lo.alias == MARKER
-        if not (marked or (Kind.NETNS, name) in intents):
+        memo = view.memo
+        if not intents and memo is not None and memo[0] == host_sig:
+            owned, ns_objs, ns_foreign = memo[1]
+        else:
+            owned, ns_objs, ns_foreign = _observe_ns(name, view, by_index, intents)
+            view.memo = (host_sig, (owned, ns_objs, ns_foreign)) if not intents else None
+        if not owned:
             foreign_netns.append(name)
             continue
-        owned_ns.add(name)
-        objs.append(Netns(name=name, lo_up=bool(lo and lo.up), marked=marked, broken=view.broken))
-        if view.broken:
-            continue
-        names_by_index: Dict[int, str] = {}
-        for l in view.links:
-            if l.name == "lo":
-                continue
-            is_ours = l.kind == "ipvlan" and (
-                l.alias.startswith(MARKER) or (Kind.ENDPOINT, name, l.name) in intents
-            )
-            if not is_ours:
-                foreign_links[(name, l.name)] = l.kind or "link"
-                continue
-            names_by_index[l.index] = l.name
-            parent = by_index.get(l.link)
-            network = ""
-            if l.alias.startswith(MARKER + " net="):
-                network = l.alias[len(MARKER + " net=") :]
-            objs.append(
-                Endpoint(
-                    ns=name,
-                    ifname=l.name,
-                    parent=parent.name if parent is not None else f"#{l.link}",
-                    mode=Mode.from_kernel(l.ipvlan_mode or 0),
-                    flag=Flag.from_kernel(l.ipvlan_flags or 0),
-                    network=network,
-                    up=l.up,
-                )
-            )
-            if l.disable_ipv6 is not None:
-                objs.append(Sysctl(ns=name, ifname=l.name, name="disable_ipv6", value=l.disable_ipv6))
-        for a in view.addrs:
-            ifname = names_by_index.get(a.index)
-            if ifname is None:
-                continue
-            iface = ipaddress.ip_interface(f"{a.address}/{a.prefixlen}")
-            if iface.version == 6 and iface.ip in _LINK_LOCAL6:
-                continue
-            objs.append(Address(ns=name, ifname=ifname, address=iface))
-        for r in view.routes:
-            if r.table != nl.RT_TABLE_MAIN or r.protocol != RTPROT:
-                continue
-            ifname = names_by_index.get(r.oif or -1, f"#{r.oif}")
-            zero = "0.0.0.0" if r.family == socket.AF_INET else "::"
-            objs.append(
-                Route(
-                    ns=name,
-                    dst=ipaddress.ip_network(f"{r.dst or zero}/{r.dst_len}", strict=False),
-                    gateway=ipaddress.ip_address(r.gateway) if r.gateway else None,
-                    ifname=ifname,
-                )
-            )
+        objs.extend(ns_objs)
+        foreign_links.update(ns_foreign)
 
     for name, content in snap.hosts_files.items():
         objs.append(HostsFile(ns=name, content=content, owned=content.startswith(HOSTS_MARKER)))
@@ -169,6 +126,71 @@ def observe(snap: Snapshot, intents: Iterable[Key] = ()) -> HostState:
         foreign_links=foreign_links,
     )
     return HostState(objs, facts)
+
+
+def _observe_ns(
+    name: str, view: NsView, by_index: Dict[int, LinkRec], intents: Set[Key]
+) -> Tuple[bool, List[KObject], Dict[Tuple[str, str], str]]:
+    """One namespace: (ours?, our objects in it, foreign links in it)."""
+    objs: List[KObject] = []
+    foreign_links: Dict[Tuple[str, str], str] = {}
+    lo = view.link_named("lo")
+    marked = lo is not None and lo.alias == MARKER
+    if not (marked or (Kind.NETNS, name) in intents):
+        return False, objs, foreign_links
+    objs.append(Netns(name=name, lo_up=bool(lo and lo.up), marked=marked, broken=view.broken))
+    if view.broken:
+        return True, objs, foreign_links
+    names_by_index: Dict[int, str] = {}
+    for l in view.links:
+        if l.name == "lo":
+            continue
+        is_ours = l.kind == "ipvlan" and (
+            l.alias.startswith(MARKER) or (Kind.ENDPOINT, name, l.name) in intents
+        )
+        if not is_ours:
+            foreign_links[(name, l.name)] = l.kind or "link"
+            continue
+        names_by_index[l.index] = l.name
+        parent = by_index.get(l.link)
+        network = ""
+        if l.alias.startswith(MARKER + " net="):
+            network = l.alias[len(MARKER + " net=") :]
+        objs.append(
+            Endpoint(
+                ns=name,
+                ifname=l.name,
+                parent=parent.name if parent is not None else f"#{l.link}",
+                mode=Mode.from_kernel(l.ipvlan_mode or 0),
+                flag=Flag.from_kernel(l.ipvlan_flags or 0),
+                network=network,
+                up=l.up,
+            )
+        )
+        if l.disable_ipv6 is not None:
+            objs.append(Sysctl(ns=name, ifname=l.name, name="disable_ipv6", value=l.disable_ipv6))
+    for a in view.addrs:
+        ifname = names_by_index.get(a.index)
+        if ifname is None:
+            continue
+        iface = ipaddress.ip_interface(f"{a.address}/{a.prefixlen}")
+        if iface.version == 6 and iface.ip in _LINK_LOCAL6:
+            continue
+        objs.append(Address(ns=name, ifname=ifname, address=iface))
+    for r in view.routes:
+        if r.table != nl.RT_TABLE_MAIN or r.protocol != RTPROT:
+            continue
+        ifname = names_by_index.get(r.oif or -1, f"#{r.oif}")
+        zero = "0.0.0.0" if r.family == socket.AF_INET else "::"
+        objs.append(
+            Route(
+                ns=name,
+                dst=ipaddress.ip_network(f"{r.dst or zero}/{r.dst_len}", strict=False),
+                gateway=ipaddress.ip_address(r.gateway) if r.gateway else None,
+                ifname=ifname,
+            )
+        )
+    return True, objs, foreign_links
 
 
 # =================================================================================================

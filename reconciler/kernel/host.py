@@ -42,6 +42,8 @@ class NsView:
     identity: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) of /run/netns/NAME before the dump
     taken: float = 0.0  # time.monotonic() when the dump started
     full: bool = False  # addresses and routes were dumped too (not only links)
+    # what handlers.observe made of this dump (kept while the dump is reused)
+    memo: Optional[tuple] = field(default=None, repr=False, compare=False)
 
     def link_by_index(self) -> Dict[int, LinkRec]:
         return {l.index: l for l in self.links}
