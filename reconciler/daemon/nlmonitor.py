@@ -14,8 +14,9 @@ linkwatch up to a second later, IPv6 link-local addresses and their
 fe80::/64 and local-table routes, lifetime refreshes) do not cause reconcile
 after reconcile: a link event counts only when a field the reconciler reads
 changed (name, IFF_UP, kind and ipvlan/vlan data, alias, lower link,
-disable_ipv6); address events for link-scope addresses and route events
-outside the main table are ignored. Caches are seeded with a dump when a
+disable_ipv6); address events for IPv6 link-local addresses (fe80::/10, what
+the reconciler's observation skips too) and route events outside the main
+table are ignored. Caches are seeded with a dump when a
 socket is opened. A receive-buffer overflow (ENOBUFS) reports a lost-events
 trigger, which a full reconcile covers.
 
@@ -53,7 +54,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RT_TABLE_MAIN = 254
-RT_SCOPE_LINK = 253
+_LINK_LOCAL6_PREFIXES = ("fe8", "fe9", "fea", "feb")  # fe80::/10
 IFF_UP = 1
 _HDR = struct.Struct("=IHHII")
 NAMES = {
@@ -157,8 +158,8 @@ def classify_message(mon: NsMonitor, data: bytes, pos: int, length: int, typ: in
         return f"{where}: link {rec.name} {'added' if old is None else 'changed'}"
     if typ in (RTM_NEWADDR, RTM_DELADDR):
         rec = decode_addr(data, body, end)
-        if rec.scope == RT_SCOPE_LINK:
-            return None
+        if rec.family == socket.AF_INET6 and rec.address.lower().startswith(_LINK_LOCAL6_PREFIXES):
+            return None  # the kernel's own IPv6 link-local addresses: exactly what observe skips
         key = (rec.index, rec.family, rec.address, rec.prefixlen)
         dev = mon.link_names.get(rec.index, f"#{rec.index}")
         if typ == RTM_DELADDR:

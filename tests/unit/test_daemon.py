@@ -867,6 +867,8 @@ def test_netlink_monitor_reports_changes_and_ignores_kernel_noise():
     assert c(_addr(RTM_NEWADDR, 5, "192.168.20.10", 24)) == "namespace c1: address 192.168.20.10/24 added on eth0"
     assert c(_addr(RTM_NEWADDR, 5, "192.168.20.10", 24)) is None  # flags/lifetimes refreshed
     assert c(_addr(RTM_NEWADDR, 5, "fe80::1", 64, scope=253)) is None  # link-local
+    # an IPv4 link-scope address is an address observe reads: the daemon must hear of it
+    assert c(_addr(RTM_NEWADDR, 5, "169.254.7.7", 16, scope=253)) == "namespace c1: address 169.254.7.7/16 added on eth0"
     assert c(_addr(RTM_DELADDR, 5, "192.168.20.10", 24)) == "namespace c1: address 192.168.20.10/24 deleted from eth0"
     assert c(_route(RTM_NEWROUTE, "192.168.20.10", 32, table=255)) is None  # local table
     assert c(_route(RTM_NEWROUTE, "fe80::", 64)) is None
