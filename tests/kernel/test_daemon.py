@@ -324,6 +324,11 @@ def test_manifest_edits_converge(daemon):
     assert "reconciled: applied manifest changes" in msgs
     assert any(m.strip().startswith("+ netns dc2") for m in msgs)
     assert any(m.strip().startswith("- vlan eth0.30") for m in msgs)
+    # edits were planned against reused namespace dumps (the observation cache is wired in):
+    # the first edit's reconcile did not dump dc1 again
+    recs = [r for r in daemon.logs() if r["msg"].startswith("reconciled")]
+    assert recs[0]["trigger"] == "start" and recs[0]["namespaces_reused"] == 0
+    assert any(r["trigger"].startswith("file") and r["namespaces_reused"] >= 1 for r in recs), recs
     # emptying the directory on purpose removes everything the reconciler owns
     t = daemon.remove("a.yaml")
     latency("empty directory", wait_for(
