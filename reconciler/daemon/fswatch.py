@@ -147,7 +147,8 @@ class ManifestWatcher:
         self._writing: Dict[str, float] = {}
         self.observer = Observer()
         self.observer.daemon = True
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # our state; never held while calling the observer
+        self._refresh_lock = threading.Lock()
         self._rules: Dict[str, Rule] = {}
         self._watches: Dict[str, Tuple[object, Optional[Tuple[int, int]]]] = {}
         self._handler = _Handler(self)
@@ -167,22 +168,29 @@ class ManifestWatcher:
 
     def refresh(self) -> bool:
         """Recompute what to watch; True when a watch was added or re-added (the caller
-        should re-read: something may have changed before the new watch was in place)."""
+        should re-read: something may have changed before the new watch was in place).
+
+        watchdog calls our handler (which takes ``_lock``) while holding its observer's
+        lock, so ``_lock`` is never held while calling into the observer: the other lock
+        order deadlocked (seen once in a unit test, watchdog 6). ``_refresh_lock`` keeps
+        refreshes from interleaving."""
         rules = compute_rules(self.paths)
         added = False
-        with self._lock:
-            self._rules = rules
-            for d in list(self._watches):
-                watch, ident = self._watches[d]
-                if d not in rules or _identity(d) != ident:
-                    try:
-                        self.observer.unschedule(watch)
-                    except (KeyError, OSError, ValueError):
-                        pass
+        with self._refresh_lock:
+            with self._lock:
+                self._rules = rules
+                stale = [
+                    (d, watch) for d, (watch, ident) in self._watches.items() if d not in rules or _identity(d) != ident
+                ]
+                for d, _ in stale:
                     del self._watches[d]
-            for d in rules:
-                if d in self._watches:
-                    continue
+                missing = [d for d in rules if d not in self._watches]
+            for _, watch in stale:
+                try:
+                    self.observer.unschedule(watch)
+                except (KeyError, OSError, ValueError):
+                    pass
+            for d in missing:
                 ident = _identity(d)
                 if ident is None:
                     continue
@@ -191,7 +199,8 @@ class ManifestWatcher:
                 except OSError as e:  # vanished meanwhile, or out of inotify watches
                     logs.warning("cannot watch directory", path=d, error=e.strerror or str(e))
                     continue
-                self._watches[d] = (watch, ident)
+                with self._lock:
+                    self._watches[d] = (watch, ident)
                 added = True
         return added
 

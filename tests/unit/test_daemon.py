@@ -485,6 +485,38 @@ def test_watcher_follows_a_kubernetes_configmap_swap(tmp_path, watcher_factory):
     assert str(d) in w.watched
 
 
+def test_watcher_refresh_never_calls_the_observer_holding_its_own_lock(tmp_path):
+    """watchdog dispatches events holding its observer lock, and our handler takes the
+    watcher's lock; refresh() calling schedule/unschedule under the watcher's lock was the
+    other lock order, and a unit run deadlocked on it (ConfigMap swap test, 2026-11-29)."""
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    for v in (v1, v2):
+        v.mkdir()
+    link = tmp_path / "manifests.d"
+    os.symlink(v1, link)
+    w = ManifestWatcher([str(link)], notify=lambda detail: None)
+    calls = []
+
+    def checked(name):
+        real = getattr(w.observer, name)
+
+        def call(*a, **k):
+            calls.append((name, w._lock.locked()))
+            return real(*a, **k)
+
+        return call
+
+    w.observer.schedule = checked("schedule")
+    w.observer.unschedule = checked("unschedule")
+    w.refresh()
+    os.symlink(v2, tmp_path / "tmp")
+    os.replace(tmp_path / "tmp", link)
+    assert w.refresh() is True  # v1 unscheduled, v2 scheduled
+    assert {n for n, _ in calls} == {"schedule", "unschedule"}
+    assert [held for _, held in calls] == [False] * len(calls)
+    assert str(v2) in w.watched and str(v1) not in w.watched
+
+
 def test_watcher_follows_a_swapped_directory_symlink_and_removal(tmp_path, watcher_factory):
     v1 = tmp_path / "v1"
     v2 = tmp_path / "v2"
