@@ -333,7 +333,8 @@ class NetlinkSocket:
         """Routes of every family; only those of ``table`` and ``protocol`` when not 0. The
         kernel filters (one namespace's main-table routes of ours are a few of a dozen, the
         rest being local-table and IPv6 kernel routes), so less is decoded here."""
-        body = _RTM.pack(0, 0, 0, 0, table if self.strict else 0, protocol if self.strict else 0, 0, 0, 0)
+        kernel_table = table if self.strict and table < 256 else 0  # rtm_table is a byte
+        body = _RTM.pack(0, 0, 0, 0, kernel_table, protocol if self.strict else 0, 0, 0, 0)
         routes = self.dump(RTM_GETROUTE, body, decode_route, RTM_NEWROUTE)
         if table or protocol:  # tables above 255 and kernels without strict checking
             routes = [r for r in routes if (not table or r.table == table) and (not protocol or r.protocol == protocol)]
