@@ -146,6 +146,30 @@ _KNOWN = {
 }
 
 
+def _size_bounds(s: Dict[str, Any], max_key: str, min_key: str) -> List[Check]:
+    """len() bounds (maxProperties/minProperties, maxLength/minLength, maxItems/minItems)."""
+    out: List[Check] = []
+    if max_key in s:
+        hi = s[max_key]
+        out.append(lambda x, hi=hi: len(x) <= hi)
+    if min_key in s:
+        lo = s[min_key]
+        out.append(lambda x, lo=lo: len(x) >= lo)
+    return out
+
+
+def _each(check: Check) -> Check:
+    """True when every member passes: a dict's keys (propertyNames), a list's items."""
+
+    def each(x: Any) -> bool:
+        for v in x:
+            if not check(v):
+                return False
+        return True
+
+    return each
+
+
 def compile_checker(root: Dict[str, Any], node: Optional[Dict[str, Any]] = None) -> Check:
     """Compile a (sub)schema of ``root`` into a predicate equal to jsonschema's
     ``is_valid`` for the keywords listed in ``_KNOWN`` (others raise Unsupported)."""
@@ -199,22 +223,9 @@ def compile_checker(root: Dict[str, Any], node: Optional[Dict[str, Any]] = None)
         if "required" in s:
             req = tuple(s["required"])
             obj.append(lambda x, req=req: all(k in x for k in req))
-        if "maxProperties" in s:
-            mp = s["maxProperties"]
-            obj.append(lambda x, mp=mp: len(x) <= mp)
-        if "minProperties" in s:
-            mn = s["minProperties"]
-            obj.append(lambda x, mn=mn: len(x) >= mn)
+        obj += _size_bounds(s, "maxProperties", "minProperties")
         if "propertyNames" in s:
-            pn = comp(s["propertyNames"])
-
-            def names(x: dict, pn: Check = pn) -> bool:
-                for k in x:
-                    if not pn(k):
-                        return False
-                return True
-
-            obj.append(names)
+            obj.append(_each(comp(s["propertyNames"])))
         if "properties" in s or "additionalProperties" in s:
             props = {k: comp(v) for k, v in s.get("properties", {}).items()}
             addl = s.get("additionalProperties", True)
@@ -248,12 +259,7 @@ def compile_checker(root: Dict[str, Any], node: Optional[Dict[str, Any]] = None)
         if "pattern" in s:
             rx = re.compile(s["pattern"])
             st.append(lambda x, search=rx.search: search(x) is not None)
-        if "maxLength" in s:
-            ml = s["maxLength"]
-            st.append(lambda x, ml=ml: len(x) <= ml)
-        if "minLength" in s:
-            nl = s["minLength"]
-            st.append(lambda x, nl=nl: len(x) >= nl)
+        st += _size_bounds(s, "maxLength", "minLength")
         if st:
             sc = _all(st)
             checks.append(lambda x, sc=sc: not isinstance(x, str) or sc(x))
@@ -269,22 +275,9 @@ def compile_checker(root: Dict[str, Any], node: Optional[Dict[str, Any]] = None)
             checks.append(num)
         # array keywords
         arr: List[Check] = []
-        if "maxItems" in s:
-            mi = s["maxItems"]
-            arr.append(lambda x, mi=mi: len(x) <= mi)
-        if "minItems" in s:
-            ni = s["minItems"]
-            arr.append(lambda x, ni=ni: len(x) >= ni)
+        arr += _size_bounds(s, "maxItems", "minItems")
         if "items" in s:
-            it = comp(s["items"])
-
-            def items(x: list, it: Check = it) -> bool:
-                for v in x:
-                    if not it(v):
-                        return False
-                return True
-
-            arr.append(items)
+            arr.append(_each(comp(s["items"])))
         if s.get("uniqueItems") is True:
             arr.append(_unique)
         if arr:
