@@ -80,6 +80,14 @@ def converged_live(desired):
     return HostState(compiled.desired.objects.values(), HOST), p
 
 
+def plan_after_edit(desired, container):
+    """The plan on a host converged to ``desired`` once ``container`` replaces its namesake."""
+    live, p = converged_live(desired)
+    cs = dict(desired.containers)
+    cs[container.name] = container
+    return engine.plan_for(DesiredState(desired.networks, desired.vlans, cs), live, State(allocations=p.allocations)).plan
+
+
 def test_empty_host_plan_creates_everything_in_dependency_order():
     p = plan_of(desired_seedlike()).plan
     assert all(a.op is Op.CREATE for a in p.actions)
@@ -137,11 +145,7 @@ def test_mode_change_replaces_endpoints_and_recreates_their_addresses_and_routes
 
 
 def test_address_change_touches_only_that_container():
-    d = desired_seedlike()
-    live, p = converged_live(d)
-    cs = dict(d.containers)
-    cs["l3a"] = Container("l3a", (Attachment("ipnet210", "eth0", ip=A("192.168.214.77")),))
-    plan = engine.plan_for(DesiredState(d.networks, d.vlans, cs), live, State(allocations=p.allocations)).plan
+    plan = plan_after_edit(desired_seedlike(), Container("l3a", (Attachment("ipnet210", "eth0", ip=A("192.168.214.77")),)))
     touched = {a.obj.netns or a.key[1] for a in plan.actions}
     # the address moves; hosts files of containers sharing the network learn the new address
     # its routes are re-created: the kernel flushes them with the link's last IPv4 address
@@ -367,10 +371,6 @@ def test_unowned_hosts_file_of_unrelated_namespace_is_never_deleted():
 
 
 def test_replacing_the_only_address_recreates_the_routes_the_kernel_flushes():
-    d = desired_seedlike()
-    live, p = converged_live(d)
-    cs = dict(d.containers)
-    cs["l3b"] = Container("l3b", (Attachment("ipnet210", "eth0", ip=A("10.1.214.99")),))
-    plan = engine.plan_for(DesiredState(d.networks, d.vlans, cs), live, State(allocations=p.allocations)).plan
+    plan = plan_after_edit(desired_seedlike(), Container("l3b", (Attachment("ipnet210", "eth0", ip=A("10.1.214.99")),)))
     routes = {a.key: a.op for a in plan.actions if a.kind is Kind.ROUTE}
     assert routes == {(Kind.ROUTE, "l3b", "0.0.0.0/0"): Op.CREATE, (Kind.ROUTE, "l3b", "192.168.214.0/24"): Op.CREATE}
