@@ -119,8 +119,9 @@ def observe_host(
 
     snap = kernel.snapshot(is_ours, previous=previous, still_valid=still_valid)
     if cache is not None:
-        cache.reused = kernel.reused
-        cache.dumped = len(snap.namespaces) - kernel.reused
+        old = previous.namespaces if previous is not None else {}
+        cache.reused = sum(1 for n, v in snap.namespaces.items() if old.get(n) is v)
+        cache.dumped = len(snap.namespaces) - cache.reused
     return observe(snap, intents), snap
 
 

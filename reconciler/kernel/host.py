@@ -99,7 +99,6 @@ class Kernel:
         self.host = NetlinkSocket("host namespace", self.counter)
         self._ns: Dict[str, NetlinkSocket] = {}
         self._run_dir_ready = False
-        self.reused = 0  # namespaces the last snapshot took from the previous one
 
     # namespaces ---------------------------------------------------------------------------
     def ns_path(self, name: str) -> str:
@@ -338,7 +337,6 @@ class Kernel:
         idents = {n: netns_identity(self.ns_path(n)) for n in names}
         namespaces: Dict[str, NsView] = {}
         todo: List[str] = []
-        self.reused = 0
         for name in names:
             prev = previous.namespaces.get(name) if previous is not None and still_valid is not None else None
             if (
@@ -350,7 +348,6 @@ class Kernel:
                 and still_valid(name, prev)
             ):
                 namespaces[name] = prev
-                self.reused += 1
             else:
                 todo.append(name)
         if todo:
