@@ -146,3 +146,21 @@ def test_big_manifest_loads_fast(tmp_path):
     cpu = time.process_time() - t
     assert len(state.containers) == 10000
     assert cpu < 5, f"{cpu:.2f} s CPU"
+
+
+def test_jsonschema_is_imported_only_for_a_manifest_with_schema_errors(tmp_path):
+    """The compiled checker decides validity; jsonschema (a fifth of start-up) only words
+    the errors. Fresh interpreters: this process has imported it already."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nnetworks:\n  n1: {parnet: eth0}\n")
+    code = (
+        "import sys\nfrom reconciler.manifest import load\nfrom reconciler.errors import ManifestError\n"
+        "try:\n    load([sys.argv[1]])\nexcept ManifestError:\n    pass\nprint('jsonschema' in sys.modules)\n"
+    )
+    examples = os.path.join(os.path.dirname(__file__), "..", "..", "manifests", "examples")
+    for path, imported in ((examples, "False"), (str(bad), "True")):
+        out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == imported, (path, out.stdout, out.stderr)
