@@ -11,10 +11,6 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
-# libyaml (ruamel.yaml.clibz) uses instructions qemu's software CPU lacks (SIGILL)
-if grep -q "QEMU" /proc/cpuinfo 2>/dev/null; then
-    export IPVLAN_RECONCILER_PURE_YAML="${IPVLAN_RECONCILER_PURE_YAML:-1}"
-fi
 mkdir -p "$ROOT/build/vm"
 exec "$PY" "$ROOT/bench/run.py" --containers "${BENCH_CONTAINERS:-50}" --networks "${BENCH_NETWORKS:-10}" \
     --only P1,P2 --noop-repeats 1 --sample 10 \

@@ -1,7 +1,7 @@
 """YAML to plain Python values, with the position of every key and value.
 
 We never let a YAML library construct objects. ruamel.yaml's event parser
-(libyaml through ruamel.yaml.clibz when importable, else ruamel's pure-Python
+(libyaml through ruamel.yaml.clib when importable, else ruamel's pure-Python
 parser: both yield the same events) gives scalars, collection starts/ends and
 aliases with their marks; this module builds ``dict``/``list``/``str``/``int``/
 ``float``/``bool``/``None`` values itself with an explicit stack (no
@@ -42,13 +42,16 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ..errors import Diagnostic
 from ..model import Location
 
-# libyaml (ruamel.yaml.clibz), ~10x faster. IPVLAN_RECONCILER_PURE_YAML=1 forces the pure-Python
-# parser: the clibz wheel executes instructions that some CPUs and emulators (qemu without KVM,
-# as in our kernel-test VM) lack, and a SIGILL cannot be caught.
+# libyaml through ruamel.yaml.clib (module ``_ruamel_yaml``), ~10x faster than ruamel's pure-Python
+# parser. Never ruamel.yaml.clibz: its 0.3.x wheels are compiled with AVX-512 instructions
+# (EVEX-encoded vpbroadcastq in CParser's constructor), so on a CPU without AVX-512 -- many
+# servers, and qemu's software CPU -- the process dies with SIGILL, which no ``except`` catches.
+# ruamel.yaml.clib's wheels are built for the x86-64 baseline. IPVLAN_RECONCILER_PURE_YAML=1
+# forces the pure-Python parser (tests compare the two).
 _CParser = None
 if not os.environ.get("IPVLAN_RECONCILER_PURE_YAML"):
     try:
-        from ruamel.yaml.cyaml import CParser as _CParser  # type: ignore
+        from _ruamel_yaml import CParser as _CParser  # type: ignore
 
         _CParser("a: 1").dispose()
     except Exception:  # pragma: no cover - depends on the installation

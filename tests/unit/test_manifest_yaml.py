@@ -272,3 +272,29 @@ def test_parse_cache_forgets_removed_files(tmp_path):
     (d / "10-c.yaml").unlink()
     assert load([str(d)], cache).containers == {}
     assert sorted(cache._files) == [str(d / "00-net.yaml")]
+
+
+def test_libyaml_comes_from_ruamel_yaml_clib_never_clibz():
+    """ruamel.yaml.clibz's wheels are compiled with AVX-512 instructions: constructing its
+    CParser on a CPU without AVX-512 (many servers, qemu's software CPU) kills the process with
+    SIGILL, which no ``except`` catches. Only ruamel.yaml.clib's ``_ruamel_yaml`` may be used;
+    without it, the pure-Python parser -- even when clibz is installed and importable."""
+    import subprocess
+    import sys
+
+    try:
+        import _ruamel_yaml  # type: ignore
+    except ImportError:
+        assert yamlload._CParser is None
+    else:
+        assert yamlload._CParser is _ruamel_yaml.CParser
+    # clib made unimportable: no fallback to clibz (ruamel.yaml.cyaml would fall back to it)
+    code = (
+        "import sys; sys.modules['_ruamel_yaml'] = None\n"
+        "from reconciler.manifest import yamlload\n"
+        "print(yamlload._CParser, '_ruamel_yaml_clibz' in sys.modules and "
+        "sys.modules['_ruamel_yaml_clibz'] is not None and yamlload._CParser is not None)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "IPVLAN_RECONCILER_PURE_YAML"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["None", "False"], out
