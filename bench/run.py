@@ -43,6 +43,7 @@ import gen  # noqa: E402
 
 MARKER = "ipvlan-reconciler"
 RTPROT = 149
+TARGET_N = 1000  # the issue sets the P1, P2, P4 and P5 targets at 1,000 containers
 
 
 class BenchError(Exception):
@@ -637,6 +638,12 @@ def table(results: dict, args) -> str:
     def ok(b: bool) -> str:
         return "yes" if b else "NO"
 
+    def at_size(n: int, target: str, b: bool):
+        """(target, met) for a target the issue sets at TARGET_N containers: a run at another
+        size (CI's 50) prints its figure but does not judge it -- at 50 the interpreter's fixed
+        start-up cost is half of an apply."""
+        return (target, ok(b)) if n == TARGET_N else (f"{target} at {TARGET_N:,}", "-")
+
     if "P1" in results:
         r = results["P1"]
         n = r["containers"]
@@ -644,14 +651,14 @@ def table(results: dict, args) -> str:
         rows.append((f"P1 ipvlanctl apply from empty, {n}", f"{r['apply_s']:.2f} s", "", ""))
         ph = " ".join(f"{k} {v:.2f}" for k, v in r["phases"].items())
         rows.append(("P1   engine phases (s)", f"{r['apply_engine_s']:.2f} s: {ph}", "", ""))
-        rows.append(("P1 ratio reconciler/baseline", f"{r['ratio']:.3f}", "<= 0.5", ok(r["ratio"] <= 0.5)))
+        rows.append(("P1 ratio reconciler/baseline", f"{r['ratio']:.3f}", *at_size(n, "<= 0.5", r["ratio"] <= 0.5)))
         if "startup_s" in r:
             rows.append(("P1   interpreter start + imports", f"{r['startup_s']:.2f} s", "", ""))
             rows.append(("P1   ratio without that fixed cost", f"{r['ratio_without_startup']:.3f}", "", ""))
     if "P2" in results:
         r = results["P2"]
-        rows.append(("P2 no-op re-apply", f"{r['noop_s']:.3f} s ({r['pct_of_p1']:.1f}% of P1)", "<= 5% of P1",
-                     ok(r["pct_of_p1"] <= 5.0)))
+        rows.append(("P2 no-op re-apply", f"{r['noop_s']:.3f} s ({r['pct_of_p1']:.1f}% of P1)",
+                     *at_size(results["P1"]["containers"] if "P1" in results else 0, "<= 5% of P1", r["pct_of_p1"] <= 5.0)))
         ph = " ".join(f"{k} {v:.3f}" for k, v in r["phases"].items())
         rows.append(("P2   engine phases (s)", f"{r['noop_engine_s']:.3f} s: {ph}", "", ""))
         rows.append(("P2 no-op netlink writes", str(r["netlink_writes"]), "0", ok(r["netlink_writes"] == 0)))
@@ -680,14 +687,14 @@ def table(results: dict, args) -> str:
         else:
             rows.append((f"P4 daemon edit latency, {r['small']['containers']}", f"{r['small']['median_s']:.3f} s", "", ""))
             rows.append((f"P4 daemon edit latency, {r['big']['containers']}", f"{r['big']['median_s']:.3f} s",
-                         "<= 2x small", ok(r["ratio"] <= 2.0)))
+                         *at_size(r["big"]["containers"], "<= 2x small", r["ratio"] <= 2.0)))
     if "P5" in results:
         r = results["P5"]
         if "not_measured" in r:
             rows.append(("P5 daemon peak RSS", "not measured", "", r["not_measured"]))
         else:
-            rows.append((f"P5 daemon VmHWM, {r['containers']}", f"{r['vm_hwm_mb']:.1f} MB", "<= 150 MB",
-                         ok(r["vm_hwm_mb"] <= 150)))
+            rows.append((f"P5 daemon VmHWM, {r['containers']}", f"{r['vm_hwm_mb']:.1f} MB",
+                         *at_size(r["containers"], "<= 150 MB", r["vm_hwm_mb"] <= 150)))
     w = [max(len(str(row[i])) for row in rows) for i in range(4)]
     lines = []
     for i, row in enumerate(rows):
