@@ -60,6 +60,62 @@ class Snapshot:
     host: NsView
     namespaces: Dict[str, NsView]  # every named namespace (ours fully dumped, others links only)
     hosts_files: Dict[str, str]  # ns name -> content of /etc/netns/NAME/hosts (if present)
+    # ns name -> stat stamp of a hosts file whose content above may stand for it next time
+    # (read_hosts_files: only files that had not changed for a while when read)
+    hosts_stamps: Dict[str, tuple] = field(default_factory=dict)
+
+
+#: a hosts file's content is reused only if it had not changed for this long when it was read
+HOSTS_SETTLED_NS = 1_000_000_000
+
+
+def _stamp(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def read_hosts_files(
+    etc_netns: str,
+    names: Iterable[str],
+    previous: Optional[Snapshot] = None,
+    settled_before_ns: Optional[int] = None,
+) -> Tuple[Dict[str, str], Dict[str, tuple]]:
+    """``(contents, stamps)`` of /etc/netns/NAME/hosts for each NAME that has one.
+
+    With ``previous`` (the daemon's last snapshot) a file whose ``stat`` matches the stamp
+    recorded then is not opened: its content is taken from there. A stamp is recorded only
+    for a file whose last change (ctime) came before ``settled_before_ns`` (default: one
+    second before this read). Any later write -- an editor, ``sed -i``, ``cp`` over it,
+    touch -- moves ctime past that point (ctime cannot be set from user space), so it
+    changes the stamp even when the size stays the same and the filesystem clock is coarse;
+    a replaced file has another inode. The daemon's start, SIGHUP and periodic resync pass
+    no ``previous``, and read every file."""
+    if settled_before_ns is None:
+        settled_before_ns = time.time_ns() - HOSTS_SETTLED_NS
+    old_files = previous.hosts_files if previous is not None else {}
+    old_stamps = previous.hosts_stamps if previous is not None else {}
+    out: Dict[str, str] = {}
+    stamps: Dict[str, tuple] = {}
+    for n in names:
+        path = os.path.join(etc_netns, n, "hosts")
+        old = old_stamps.get(n)
+        if old is not None and n in old_files:
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if _stamp(st) == old:
+                out[n] = old_files[n]
+                stamps[n] = old
+                continue
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                st = os.fstat(f.fileno())  # before reading: a write racing with us changes it
+                out[n] = f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if st.st_ctime_ns < settled_before_ns:
+            stamps[n] = _stamp(st)
+    return out, stamps
 
 
 def netns_identity(path: str) -> Optional[Tuple[int, int]]:
@@ -268,16 +324,6 @@ class Kernel:
     def hosts_path(self, name: str) -> str:
         return os.path.join(self.etc_netns, name, "hosts")
 
-    def read_hosts_files(self, names: Iterable[str]) -> Dict[str, str]:
-        out: Dict[str, str] = {}
-        for n in names:
-            try:
-                with open(self.hosts_path(n), encoding="utf-8", errors="replace") as f:
-                    out[n] = f.read()
-            except (FileNotFoundError, NotADirectoryError):
-                pass
-        return out
-
     def list_hosts_dirs(self) -> List[str]:
         try:
             return sorted(os.listdir(self.etc_netns))
@@ -327,8 +373,9 @@ class Kernel:
         With ``previous`` and ``still_valid`` (the daemon: its netlink monitor knows which
         namespaces changed since a given moment) a namespace's earlier view is reused instead
         of dumped when it is the same namespace (same identity), was dumped in full if it is
-        ours, and ``still_valid`` vouches for it. The host namespace and the hosts files are
-        always read afresh."""
+        ours, and ``still_valid`` vouches for it; and a hosts file's content is reused while
+        its stat stamp is unchanged (:func:`read_hosts_files`). The host namespace is always
+        dumped afresh."""
         host = NsView("", taken=time.monotonic(), full=True)
         host.links = self.host.dump_links()
         host.addrs = self.host.dump_addrs()
@@ -367,8 +414,12 @@ class Kernel:
                 namespaces[name] = view
                 self.close_ns_socket(name)  # keep the fd count low; apply reopens on demand
         namespaces = {n: namespaces[n] for n in names}  # listing order, reused or not
-        hosts = self.read_hosts_files(set(names) | set(self.list_hosts_dirs()))
-        return Snapshot(host=host, namespaces=namespaces, hosts_files=hosts)
+        hosts, stamps = read_hosts_files(
+            self.etc_netns,
+            sorted(set(names) | set(self.list_hosts_dirs())),
+            previous if still_valid is not None else None,
+        )
+        return Snapshot(host=host, namespaces=namespaces, hosts_files=hosts, hosts_stamps=stamps)
 
     def _open_ns_sockets_lenient(self, names: List[str]) -> Dict[str, NetlinkSocket]:
         try:

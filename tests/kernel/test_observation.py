@@ -176,3 +176,41 @@ def test_route_dumps_filtered_in_the_kernel_match_filtering_here(tmp_path):
         assert len(host_all) > len(host_main)
     finally:
         r.teardown()
+
+
+def test_hosts_files_are_reused_while_unchanged_and_a_hand_edit_is_repaired(watched, monkeypatch):
+    """Hosts files that had settled when read are not opened again while their stat stamp
+    holds; editing one by hand -- in place, same size, the hardest case -- changes its
+    stamp, and the next cached run reads and rewrites exactly that file."""
+    from reconciler.kernel import host as host_mod
+
+    r, monitor, _ = watched
+    cache = engine.ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken))
+    time.sleep(1.1)  # the fixture's apply wrote the files: let them settle
+    assert run_apply(r, cache).plan.empty  # a full read: every stamp recorded
+    assert sorted(cache.snapshot.hosts_stamps) == NAMES
+
+    opened = []
+    real_open = open
+
+    def counting(path, *a, **kw):
+        opened.append(path)
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(host_mod, "open", counting, raising=False)
+    assert run_apply(r, cache).plan.empty
+    assert [p for p in opened if p.startswith("/etc/netns/")] == []  # all three taken from the cache
+
+    path = "/etc/netns/obs2/hosts"
+    text = real_open(path).read()
+    assert "192.168.1.61\tobs1\n" in text
+    with real_open(path, "r+") as f:  # in place, same size: only ctime/mtime tell
+        f.seek(text.index("192.168.1.61\tobs1\n"))
+        f.write("192.168.1.99\tobs1\n")
+    opened.clear()
+    out = run_apply(r, cache)
+    # obs2's file only: read by observe, written (via a temporary file), read again by verify
+    assert {p for p in opened if p.startswith("/etc/netns/") and p.endswith("/hosts")} == {path}
+    assert [(a.op.value, a.kind.label, a.key[1]) for a in out.plan.actions] == [("update", "hosts", "obs2")]
+    assert out.converged
+    assert real_open(path).read() == text  # repaired
