@@ -50,8 +50,12 @@ class Compiled:
 DEFAULT_DST = {4: ipaddress.IPv4Network("0.0.0.0/0"), 6: ipaddress.IPv6Network("::/0")}
 
 
-def compile_state(desired: DesiredState, facts: Optional[HostFacts], offline: bool = False) -> Compiled:
-    """``facts`` None or ``offline``: assume every existing-kind parent is present."""
+def compile_state(
+    desired: DesiredState, facts: Optional[HostFacts], offline: bool = False, memo: Optional["CompileMemo"] = None
+) -> Compiled:
+    """``facts`` None or ``offline``: assume every existing-kind parent is present. With a
+    ``memo`` (the daemon) a container equal to last time's, on networks equal to last time's
+    and as ready, gets last time's objects (the result is the same either way)."""
     objs: List[KObject] = []
     pending: List[Pending] = []
     problems: List[str] = []
@@ -132,13 +136,20 @@ def compile_state(desired: DesiredState, facts: Optional[HostFacts], offline: bo
         name: {a.ip for a in l.addresses} for name, l in links.items()
     } if facts is not None else {}
 
+    # A container's objects (all but its hosts file) depend only on the container, its
+    # networks and which of them are ready; the daemon keeps them between runs (CompileMemo).
+    previous = memo.containers if memo is not None else {}
+    changed_nets: Set[str] = set()
+    if memo is not None:
+        changed_nets = {n for n, net in desired.networks.items() if memo.networks.get(n) != net}
+    kept: Dict[str, tuple] = {}
     for c in desired.containers.values():
-        objs.append(Netns(name=c.name))
-        defaults: Dict[int, Tuple[int, Route]] = {}
-        route_objs: Dict[str, Route] = {}
-        for position, att in enumerate(c.attachments):
+        ready: List[bool] = []
+        for att in c.attachments:
             net = desired.networks[att.network]
-            if att.network not in ready_networks:
+            ok = att.network in ready_networks
+            ready.append(ok)
+            if not ok:
                 pending.append(Pending(f"container {c.name} on network {att.network}", "waiting for the network's parent"))
                 continue
             for ip in (att.ip, att.ip6):
@@ -146,50 +157,24 @@ def compile_state(desired: DesiredState, facts: Optional[HostFacts], offline: bo
                     problems.append(
                         f"container {c.name} ({att.loc}): address {ip} is already present on the parent {net.parent}"
                     )
-            objs.append(
-                Endpoint(
-                    ns=c.name,
-                    ifname=att.ifname,
-                    parent=net.parent,
-                    mode=net.mode,
-                    flag=net.flag,
-                    network=net.name,
-                )
-            )
-            objs.append(Sysctl(ns=c.name, ifname=att.ifname, name="disable_ipv6", value=0 if net.ipv6 else 1))
-            for fam, ip in ((4, att.ip), (6, att.ip6)):
-                if ip is None:
-                    continue
-                sub = next((s for s in net.subnets_of(fam) if ip in s.cidr), None)
-                if sub is None:
-                    problems.append(f"container {c.name}: {ip} is in no subnet of network {net.name}")
-                    continue
-                # from the int: given an address object, ipaddress formats and re-parses it
-                iface = (ipaddress.IPv4Interface if fam == 4 else ipaddress.IPv6Interface)((int(ip), sub.cidr.prefixlen))
-                objs.append(Address(ns=c.name, ifname=att.ifname, address=iface))
-                # default route candidate: non-internal first, then attachment order
-                if net.l3:
-                    cand = Route(ns=c.name, dst=DEFAULT_DST[fam], gateway=None, ifname=att.ifname)
-                elif not net.internal and sub.gateway is not None:
-                    cand = Route(ns=c.name, dst=DEFAULT_DST[fam], gateway=sub.gateway, ifname=att.ifname)
-                else:
-                    cand = None
-                if cand is not None:
-                    rank = (1 if net.internal else 0, position)
-                    if fam not in defaults or rank < defaults[fam][0]:
-                        defaults[fam] = (rank, cand)
-                # L3: every other subnet of the network is reachable through this interface
-                if net.l3:
-                    for s in net.subnets_of(fam):
-                        if s is sub or ip in s.cidr:
-                            continue
-                        r = Route(ns=c.name, dst=s.cidr, gateway=None, ifname=att.ifname)
-                        route_objs.setdefault(str(r.dst), r)
-        for fam in sorted(defaults):
-            r = defaults[fam][1]
-            route_objs[str(r.dst)] = r
-        objs.extend(route_objs.values())
+        hit = previous.get(c.name)
+        if (
+            hit is not None
+            and hit[1] == ready
+            and hit[0] == c
+            and not any(att.network in changed_nets for att in c.attachments)
+        ):
+            c_objs, c_problems = hit[2], hit[3]
+        else:
+            c_objs, c_problems = _container_objects(c, desired, ready)
+        if memo is not None:
+            kept[c.name] = (c, ready, c_objs, c_problems)
+        objs.extend(c_objs)
+        problems.extend(c_problems)
         objs.append(HostsFile(ns=c.name, content=hosts.content(c)))
+    if memo is not None:
+        memo.containers = kept
+        memo.networks = dict(desired.networks)
 
     return Compiled(
         desired=HostState(objs),
@@ -197,6 +182,72 @@ def compile_state(desired: DesiredState, facts: Optional[HostFacts], offline: bo
         protected_networks=frozenset(protected),
         problems=tuple(problems),
     )
+
+
+def _container_objects(c, desired: DesiredState, ready: List[bool]) -> Tuple[Tuple[KObject, ...], Tuple[str, ...]]:
+    """The kernel objects of one container on its ready networks, without its hosts file,
+    and the problems found on the way (an address in none of its network's subnets)."""
+    objs: List[KObject] = [Netns(name=c.name)]
+    problems: List[str] = []
+    defaults: Dict[int, Tuple[Tuple[int, int], Route]] = {}
+    route_objs: Dict[str, Route] = {}
+    for position, att in enumerate(c.attachments):
+        if not ready[position]:
+            continue
+        net = desired.networks[att.network]
+        objs.append(
+            Endpoint(
+                ns=c.name,
+                ifname=att.ifname,
+                parent=net.parent,
+                mode=net.mode,
+                flag=net.flag,
+                network=net.name,
+            )
+        )
+        objs.append(Sysctl(ns=c.name, ifname=att.ifname, name="disable_ipv6", value=0 if net.ipv6 else 1))
+        for fam, ip in ((4, att.ip), (6, att.ip6)):
+            if ip is None:
+                continue
+            sub = next((s for s in net.subnets_of(fam) if ip in s.cidr), None)
+            if sub is None:
+                problems.append(f"container {c.name}: {ip} is in no subnet of network {net.name}")
+                continue
+            # from the int: given an address object, ipaddress formats and re-parses it
+            iface = (ipaddress.IPv4Interface if fam == 4 else ipaddress.IPv6Interface)((int(ip), sub.cidr.prefixlen))
+            objs.append(Address(ns=c.name, ifname=att.ifname, address=iface))
+            # default route candidate: non-internal first, then attachment order
+            if net.l3:
+                cand = Route(ns=c.name, dst=DEFAULT_DST[fam], gateway=None, ifname=att.ifname)
+            elif not net.internal and sub.gateway is not None:
+                cand = Route(ns=c.name, dst=DEFAULT_DST[fam], gateway=sub.gateway, ifname=att.ifname)
+            else:
+                cand = None
+            if cand is not None:
+                rank = (1 if net.internal else 0, position)
+                if fam not in defaults or rank < defaults[fam][0]:
+                    defaults[fam] = (rank, cand)
+            # L3: every other subnet of the network is reachable through this interface
+            if net.l3:
+                for s in net.subnets_of(fam):
+                    if s is sub or ip in s.cidr:
+                        continue
+                    r = Route(ns=c.name, dst=s.cidr, gateway=None, ifname=att.ifname)
+                    route_objs.setdefault(str(r.dst), r)
+    for fam in sorted(defaults):
+        r = defaults[fam][1]
+        route_objs[str(r.dst)] = r
+    objs.extend(route_objs.values())
+    return tuple(objs), tuple(problems)
+
+
+@dataclass
+class CompileMemo:
+    """What compile_state made of each container last time, for the daemon: reused while the
+    container, its networks and their readiness are equal to what they were."""
+
+    containers: Dict[str, tuple] = field(default_factory=dict)  # name -> (container, ready, objects, problems)
+    networks: Dict[str, Network] = field(default_factory=dict)
 
 
 class HostsBuilder:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from . import ipam
-from .compile import compile_state
+from .compile import CompileMemo, compile_state
 from .errors import Bug, PlanError
 from .livestate import load_state_json
 from .model import DesiredState
@@ -63,9 +63,15 @@ class Planned:
     allocations: ipam.Allocations
 
 
-def plan_for(desired: DesiredState, live: HostState, state: State, offline: bool = False) -> Planned:
+def plan_for(
+    desired: DesiredState,
+    live: HostState,
+    state: State,
+    offline: bool = False,
+    memo: Optional[CompileMemo] = None,
+) -> Planned:
     resolved, allocations = ipam.resolve(desired, ipam_facts(live), state.allocations)
-    compiled = compile_state(resolved, live.facts, offline=offline)
+    compiled = compile_state(resolved, live.facts, offline=offline, memo=memo)
     warnings = [str(w) for w in desired.warnings]
     if state.problem:
         warnings.append(state.problem)
@@ -96,6 +102,9 @@ class ObservationCache:
 
     still_valid: "StillValid"
     snapshot: Optional["Snapshot"] = None
+    # compile's per-container results, kept between runs too (they depend on the manifests
+    # only, never on what was observed, so they survive a full observation)
+    compile_memo: CompileMemo = field(default_factory=CompileMemo)
     reused: int = 0  # namespaces taken from the previous snapshot by the last run's observe
     dumped: int = 0  # namespaces dumped by the last run's observe (verify is not counted)
 
@@ -173,7 +182,8 @@ def apply(
             live, snap = observe_host(kernel, state.intents)
         phases["observe"] = time.monotonic() - t
         t = time.monotonic()
-        planned = plan_for(desired, live, state)
+        memo = cache.compile_memo if cache is not None else None
+        planned = plan_for(desired, live, state, memo=memo)
         phases["plan"] = time.monotonic() - t
         plan = planned.plan
         writes_before = kernel.counter.count
@@ -226,7 +236,7 @@ def apply(
             live_after, snap_after = observe_host(kernel, intents)
         verify_state = State(allocations=planned.allocations)
         try:
-            out.verify = plan_for(desired, live_after, verify_state).plan
+            out.verify = plan_for(desired, live_after, verify_state, memo=memo).plan
         except PlanError as e:
             if result.ok:
                 raise Bug(f"verification could not plan after apply: {e}")

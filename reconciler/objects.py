@@ -218,7 +218,13 @@ class Address(KObject):
 
     @property
     def key(self) -> Key:
-        return (Kind.ADDRESS, self.ns, self.ifname, str(self.address))
+        # kept on the object: formatting the address is most of its cost, and the daemon
+        # reuses objects (observe's and compile's memos) from run to run
+        k = self.__dict__.get("_key")
+        if k is None:
+            k = (Kind.ADDRESS, self.ns, self.ifname, str(self.address))
+            object.__setattr__(self, "_key", k)
+        return k
 
     @property
     def netns(self) -> Optional[str]:
@@ -245,7 +251,11 @@ class Route(KObject):
 
     @property
     def key(self) -> Key:
-        return (Kind.ROUTE, self.ns, str(self.dst))
+        k = self.__dict__.get("_key")  # kept on the object, as Address's
+        if k is None:
+            k = (Kind.ROUTE, self.ns, str(self.dst))
+            object.__setattr__(self, "_key", k)
+        return k
 
     @property
     def netns(self) -> Optional[str]:
