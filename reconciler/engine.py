@@ -102,8 +102,9 @@ class ObservationCache:
 
     still_valid: "StillValid"
     snapshot: Optional["Snapshot"] = None
-    # compile's per-container results, kept between runs too (they depend on the manifests
-    # only, never on what was observed, so they survive a full observation)
+    # compile's per-container results, kept between runs too: besides the manifests they
+    # depend only on which parents exist, which compile checks every time, so they survive
+    # a full observation
     compile_memo: CompileMemo = field(default_factory=CompileMemo)
     reused: int = 0  # namespaces taken from the previous snapshot by the last run's observe
     dumped: int = 0  # namespaces dumped by the last run's observe (verify is not counted)
