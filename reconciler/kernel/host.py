@@ -321,9 +321,6 @@ class Kernel:
             raise KernelError("write sysctl", f"{name} {items[0][0] if items else ''}", e.errno or errno.EIO)
 
     # /etc/netns ------------------------------------------------------------------------------
-    def hosts_path(self, name: str) -> str:
-        return os.path.join(self.etc_netns, name, "hosts")
-
     def list_hosts_dirs(self) -> List[str]:
         try:
             return sorted(os.listdir(self.etc_netns))
