@@ -116,6 +116,10 @@ class Network:
     ipv6: bool = False
     subnets: Tuple[Subnet, ...] = ()
     loc: Location = field(default=NOWHERE, compare=False)
+    # fleet manifests (SPEC 5.1): prefix length of each host's block of every range; None
+    # outside a fleet (and, in cluster mode, when the cluster chooses)
+    block_size: Optional[int] = None
+    block_size6: Optional[int] = None
 
     @property
     def l3(self) -> bool:
@@ -142,6 +146,45 @@ class Container:
     name: str
     attachments: Tuple[Attachment, ...] = ()
     loc: Location = field(default=NOWHERE, compare=False)
+    host: Optional[str] = None  # fleet manifests: the host it runs on (SPEC 5.1)
+
+
+@dataclass(frozen=True)
+class Host:
+    """A host of a fleet manifest (SPEC 5): its name, block number and underlay addresses."""
+
+    name: str
+    id: Optional[int]  # block number 0-4095; None only in cluster mode (the cluster assigns it)
+    address: Optional[ipaddress.IPv4Address] = None
+    address6: Optional[ipaddress.IPv6Address] = None
+    loc: Location = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class BgpPeer:
+    """An extra BGP peer (e.g. the ToR router): gets this host's routes, gives nothing."""
+
+    address: IPAddress
+    asn: int
+    loc: Location = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Bfd:
+    interval_ms: int = 300
+    multiplier: int = 3
+
+
+@dataclass(frozen=True)
+class Bgp:
+    """Top-level `bgp:` of a fleet manifest (SPEC 5.2)."""
+
+    asn: int
+    route_reflectors: Tuple[str, ...] = ()  # host names; empty: full iBGP mesh
+    table: int = 200  # kernel table the announced host routes live in
+    peers: Tuple[BgpPeer, ...] = ()
+    bfd: Optional[Bfd] = None
+    loc: Location = field(default=NOWHERE, compare=False)
 
 
 @dataclass(frozen=True)
@@ -159,3 +202,9 @@ class DesiredState:
     vlans: Mapping[str, Vlan] = field(default_factory=dict)  # declared and implied VLANs
     containers: Mapping[str, Container] = field(default_factory=dict)
     warnings: Tuple[Warning_, ...] = ()
+    hosts: Mapping[str, Host] = field(default_factory=dict)  # non-empty: a fleet manifest
+    bgp: Optional[Bgp] = None
+
+    @property
+    def fleet(self) -> bool:
+        return bool(self.hosts)
