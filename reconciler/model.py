@@ -204,6 +204,9 @@ class DesiredState:
     warnings: Tuple[Warning_, ...] = ()
     hosts: Mapping[str, Host] = field(default_factory=dict)  # non-empty: a fleet manifest
     bgp: Optional[Bgp] = None
+    # a fleet manifest narrowed to one host's part (``reconciler.fleet.select``): that host's
+    # name; None for a single-host manifest or the whole fleet
+    local_host: Optional[str] = None
 
     @property
     def fleet(self) -> bool:
