@@ -13,7 +13,11 @@ Rules:
 - container addresses: the user's, else the one given before (if still valid),
   else the lowest free one inside ip_range (or the subnet); the network
   address, IPv4 broadcast, gateways, aux addresses and the parent's own
-  addresses are never handed out; a released address is free at once.
+  addresses are never handed out; a released address is free at once;
+- L3/L3S subnets are not routed through a gateway, but like Docker's IPAM we
+  still keep their gateway (the given one, else the first usable address) out
+  of automatic choices; an address recorded before (state or endpoint) keeps
+  it, and an explicit `ip:` may take it when no `gateway:` was written.
 """
 from __future__ import annotations
 
@@ -232,6 +236,9 @@ def resolve(
 
     # ---- addresses ----------------------------------------------------------------------
     pools: Dict[Tuple[str, int], _Pool] = {}
+    # L3/L3S gateways: not routed, but never handed out (Docker's IPAM reserves the gateway in
+    # every mode); reserved after the previous choices, so an address given before stays put
+    held_back: List[Tuple[_Pool, IPAddress]] = []
     for net in networks.values():
         for fam in (4, 6):
             subs = net.subnets_of(fam)
@@ -239,7 +246,11 @@ def resolve(
                 continue
             pool = _Pool(subs)
             for s in subs:
-                if s.gateway is not None:
+                if net.l3:
+                    gw = s.gateway if s.gateway is not None else _l3_gateway(s.cidr)
+                    if gw is not None:
+                        held_back.append((pool, gw))
+                elif s.gateway is not None:
                     pool.reserve(s.gateway)
                 for _, a in s.aux_addresses:
                     pool.reserve(a)
@@ -277,6 +288,8 @@ def resolve(
                     if cand.version == fam and pool.allowed(cand) and pool.take(cand):
                         result[(c.name, att.network, fam)] = cand
                         break
+    for pool, gw in held_back:
+        pool.reserve(gw)
     # then the lowest free address for everything still open, in manifest order
     for c in desired.containers.values():
         for att in c.attachments:
@@ -337,6 +350,15 @@ def _family(s: Subnet) -> int:
 def _first_usable(net: IPNetwork) -> Iterator[IPAddress]:
     lo, _ = _usable_bounds(net)
     yield ipaddress.ip_address(lo) if net.version == 4 else ipaddress.IPv6Address(lo)
+
+
+def _l3_gateway(net: IPNetwork) -> Optional[IPAddress]:
+    """The address an L3/L3S subnet without `gateway` keeps free: the first usable one, as
+    Docker would make it the gateway; none in a /31, /32 (/127, /128), which have no spare."""
+    lo, _ = _usable_bounds(net)
+    if lo == int(net.network_address):
+        return None
+    return next(iter(_first_usable(net)))
 
 
 def _from_live(facts: IpamFacts, desired: DesiredState, network: str, fam: int) -> List[IPNetwork]:

@@ -82,7 +82,7 @@ def dummy_parent_name(network: str) -> str:
 @dataclass(frozen=True)
 class Subnet:
     cidr: Optional[IPNetwork]  # None: take one from the default pools (IPAM)
-    gateway: Optional[IPAddress] = None  # L2: defaulted to the first usable address
+    gateway: Optional[IPAddress] = None  # L2: defaulted to the first usable address; L3: only kept free
     ip_range: Optional[IPNetwork] = None
     aux_addresses: Tuple[Tuple[str, IPAddress], ...] = ()
     auto: bool = False  # the cidr was (or will be) chosen by IPAM, not the user
