@@ -8,8 +8,11 @@ Rules:
 - default IPv4 subnets come from Docker's default pools: 172.17.0.0/16 ...
   172.31.0.0/16, then 192.168.0.0/16 split into /20s; a pool is skipped when it
   overlaps another network's subnet, a host route or a parent's address;
-- IPv6 default subnets are /64s of a stable per-host ULA /48 (derived from
-  /etc/machine-id, so it survives a lost state directory);
+- IPv6 default subnets are /64s of a stable per-host ULA /48: the manifest's
+  `ula_prefix:` when given (automatic IPv6 subnets outside it move into it),
+  else the host's as a live-state JSON records it (`plan --offline
+  --live-state`), else the one in the state directory, else one derived from
+  /etc/machine-id (so it survives a lost state directory);
 - container addresses: the user's, else the one given before (if still valid),
   else the lowest free one inside ip_range (or the subnet); the network
   address, IPv4 broadcast, gateways, aux addresses and the parent's own
@@ -55,6 +58,8 @@ class IpamFacts:
     # (container, network) -> addresses seen on our endpoint (used when the state is lost)
     live_addresses: Mapping[Tuple[str, str], Tuple[object, ...]] = field(default_factory=dict)
     machine_id: str = ""
+    # the ULA /48 a host's live-state JSON says it uses (offline planning against that host)
+    ula48: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,18 @@ def ula48_for(machine_id: str) -> ipaddress.IPv6Network:
     digest = hashlib.sha256(("ipvlan-reconciler:" + machine_id).encode()).digest()
     value = (0xFD << 120) | (int.from_bytes(digest[:5], "big") << 80)
     return ipaddress.IPv6Network((value, 48))
+
+
+def ula_in_use(desired: DesiredState, facts: IpamFacts, previous: Allocations) -> ipaddress.IPv6Network:
+    """The ULA /48 automatic IPv6 subnets come from: the manifest's `ula_prefix`, else the
+    live-state JSON's (offline planning for a host), else the state directory's, else the
+    machine-id's."""
+    if desired.ula_prefix is not None:
+        return desired.ula_prefix
+    for recorded in (facts.ula48, previous.ula48):
+        if recorded:
+            return ipaddress.IPv6Network(recorded)
+    return ula48_for(facts.machine_id)
 
 
 def _usable_bounds(net: IPNetwork) -> Tuple[int, int]:
@@ -162,7 +179,7 @@ def resolve(
     """Fill every automatic subnet, gateway and address. Raises ManifestError when a
     subnet runs out of addresses or the pools are exhausted."""
     problems: List[Diagnostic] = []
-    ula = ipaddress.IPv6Network(previous.ula48) if previous.ula48 else ula48_for(facts.machine_id)
+    ula = ula_in_use(desired, facts, previous)
 
     explicit: List[IPNetwork] = [
         s.cidr for n in desired.networks.values() for s in n.subnets if s.cidr is not None
@@ -184,6 +201,8 @@ def resolve(
             prev = [p for p in prev if p.version == fam]
             if not prev:
                 prev = _from_live(facts, desired, net.name, fam)
+            if fam == 6 and desired.ula_prefix is not None:  # the manifest's prefix wins
+                prev = [p for p in prev if p.subnet_of(desired.ula_prefix)]
             for p in prev:
                 if not _overlaps_any(p, taken) and (fam == 6 or p.prefixlen > 0):
                     chosen[(net.name, fam)] = p
