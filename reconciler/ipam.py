@@ -85,8 +85,11 @@ class Allocations:
     def from_json(cls, data: Optional[dict]) -> "Allocations":
         if not data:
             return cls()
+        ula48 = data.get("ula48")
+        if ula48 is not None:
+            ula48 = str(ipaddress.IPv6Network(ula48))  # ValueError: the state file is corrupt
         return cls(
-            ula48=data.get("ula48"),
+            ula48=ula48,
             subnets={k: tuple(v) for k, v in (data.get("subnets") or {}).items()},
             addresses={
                 c: {n: dict(a) for n, a in nets.items()}

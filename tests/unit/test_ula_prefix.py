@@ -95,6 +95,9 @@ def test_host_ula_prefix_is_the_recorded_one_else_the_machines(monkeypatch, tmp_
     store = StateStore(str(tmp_path))
     store.save(rec)
     assert store.load().allocations.ula48 == "fd00:1:2::/48"  # the state directory records it
+    (tmp_path / "state.json").write_text(json.dumps({"version": 1, "allocations": {"ula48": "fd00:zz::/48"}}))
+    broken = store.load()  # a mangled prefix: the file is rebuilt, not a traceback later
+    assert broken.problem and "corrupt" in broken.problem and broken.allocations.ula48 is None
 
 
 def test_manifest_ula_prefix_wins_over_machine_state_and_live_state(monkeypatch):
