@@ -303,7 +303,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with _kernel() as kernel:
         state = store.load()
         live, _ = engine.observe_host(kernel, state.intents)
-    data = state_json(live)
+    data = state_json(live, ula_prefix=engine.host_ula_prefix(state))
     from .daemon.status import read_status
 
     daemon = read_status(args.status_file) if args.status_file else None

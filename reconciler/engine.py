@@ -53,7 +53,15 @@ def ipam_facts(live: HostState) -> ipam.IpamFacts:
         parent_addresses=parent_addrs,
         live_addresses={k: tuple(v) for k, v in live_addrs.items()},
         machine_id=machine_id(),
+        ula48=live.facts.ula_prefix,
     )
+
+
+def host_ula_prefix(state: State) -> str:
+    """The ULA /48 this host's IPAM uses now (the state directory's, else the machine-id's);
+    `status --format json` records it for `plan --offline --live-state`."""
+    facts = ipam.IpamFacts(machine_id=machine_id())
+    return str(ipam.ula_in_use(DesiredState(), facts, state.allocations))
 
 
 @dataclass(frozen=True)

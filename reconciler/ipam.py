@@ -8,12 +8,19 @@ Rules:
 - default IPv4 subnets come from Docker's default pools: 172.17.0.0/16 ...
   172.31.0.0/16, then 192.168.0.0/16 split into /20s; a pool is skipped when it
   overlaps another network's subnet, a host route or a parent's address;
-- IPv6 default subnets are /64s of a stable per-host ULA /48 (derived from
-  /etc/machine-id, so it survives a lost state directory);
+- IPv6 default subnets are /64s of a stable per-host ULA /48: the manifest's
+  `ula_prefix:` when given (automatic IPv6 subnets outside it move into it),
+  else the host's as a live-state JSON records it (`plan --offline
+  --live-state`), else the one in the state directory, else one derived from
+  /etc/machine-id (so it survives a lost state directory);
 - container addresses: the user's, else the one given before (if still valid),
   else the lowest free one inside ip_range (or the subnet); the network
   address, IPv4 broadcast, gateways, aux addresses and the parent's own
-  addresses are never handed out; a released address is free at once.
+  addresses are never handed out; a released address is free at once;
+- L3/L3S subnets are not routed through a gateway, but like Docker's IPAM we
+  still keep their gateway (the given one, else the first usable address) out
+  of automatic choices; an address recorded before (state or endpoint) keeps
+  it, and an explicit `ip:` may take it when no `gateway:` was written.
 """
 from __future__ import annotations
 
@@ -51,6 +58,8 @@ class IpamFacts:
     # (container, network) -> addresses seen on our endpoint (used when the state is lost)
     live_addresses: Mapping[Tuple[str, str], Tuple[object, ...]] = field(default_factory=dict)
     machine_id: str = ""
+    # the ULA /48 a host's live-state JSON says it uses (offline planning against that host)
+    ula48: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +85,11 @@ class Allocations:
     def from_json(cls, data: Optional[dict]) -> "Allocations":
         if not data:
             return cls()
+        ula48 = data.get("ula48")
+        if ula48 is not None:
+            ula48 = str(ipaddress.IPv6Network(ula48))  # ValueError: the state file is corrupt
         return cls(
-            ula48=data.get("ula48"),
+            ula48=ula48,
             subnets={k: tuple(v) for k, v in (data.get("subnets") or {}).items()},
             addresses={
                 c: {n: dict(a) for n, a in nets.items()}
@@ -91,6 +103,18 @@ def ula48_for(machine_id: str) -> ipaddress.IPv6Network:
     digest = hashlib.sha256(("ipvlan-reconciler:" + machine_id).encode()).digest()
     value = (0xFD << 120) | (int.from_bytes(digest[:5], "big") << 80)
     return ipaddress.IPv6Network((value, 48))
+
+
+def ula_in_use(desired: DesiredState, facts: IpamFacts, previous: Allocations) -> ipaddress.IPv6Network:
+    """The ULA /48 automatic IPv6 subnets come from: the manifest's `ula_prefix`, else the
+    live-state JSON's (offline planning for a host), else the state directory's, else the
+    machine-id's."""
+    if desired.ula_prefix is not None:
+        return desired.ula_prefix
+    for recorded in (facts.ula48, previous.ula48):
+        if recorded:
+            return ipaddress.IPv6Network(recorded)
+    return ula48_for(facts.machine_id)
 
 
 def _usable_bounds(net: IPNetwork) -> Tuple[int, int]:
@@ -158,7 +182,7 @@ def resolve(
     """Fill every automatic subnet, gateway and address. Raises ManifestError when a
     subnet runs out of addresses or the pools are exhausted."""
     problems: List[Diagnostic] = []
-    ula = ipaddress.IPv6Network(previous.ula48) if previous.ula48 else ula48_for(facts.machine_id)
+    ula = ula_in_use(desired, facts, previous)
 
     explicit: List[IPNetwork] = [
         s.cidr for n in desired.networks.values() for s in n.subnets if s.cidr is not None
@@ -180,6 +204,8 @@ def resolve(
             prev = [p for p in prev if p.version == fam]
             if not prev:
                 prev = _from_live(facts, desired, net.name, fam)
+            if fam == 6 and desired.ula_prefix is not None:  # the manifest's prefix wins
+                prev = [p for p in prev if p.subnet_of(desired.ula_prefix)]
             for p in prev:
                 if not _overlaps_any(p, taken) and (fam == 6 or p.prefixlen > 0):
                     chosen[(net.name, fam)] = p
@@ -232,6 +258,9 @@ def resolve(
 
     # ---- addresses ----------------------------------------------------------------------
     pools: Dict[Tuple[str, int], _Pool] = {}
+    # L3/L3S gateways: not routed, but never handed out (Docker's IPAM reserves the gateway in
+    # every mode); reserved after the previous choices, so an address given before stays put
+    held_back: List[Tuple[_Pool, IPAddress]] = []
     for net in networks.values():
         for fam in (4, 6):
             subs = net.subnets_of(fam)
@@ -239,7 +268,11 @@ def resolve(
                 continue
             pool = _Pool(subs)
             for s in subs:
-                if s.gateway is not None:
+                if net.l3:
+                    gw = s.gateway if s.gateway is not None else _l3_gateway(s.cidr)
+                    if gw is not None:
+                        held_back.append((pool, gw))
+                elif s.gateway is not None:
                     pool.reserve(s.gateway)
                 for _, a in s.aux_addresses:
                     pool.reserve(a)
@@ -277,6 +310,8 @@ def resolve(
                     if cand.version == fam and pool.allowed(cand) and pool.take(cand):
                         result[(c.name, att.network, fam)] = cand
                         break
+    for pool, gw in held_back:
+        pool.reserve(gw)
     # then the lowest free address for everything still open, in manifest order
     for c in desired.containers.values():
         for att in c.attachments:
@@ -337,6 +372,15 @@ def _family(s: Subnet) -> int:
 def _first_usable(net: IPNetwork) -> Iterator[IPAddress]:
     lo, _ = _usable_bounds(net)
     yield ipaddress.ip_address(lo) if net.version == 4 else ipaddress.IPv6Address(lo)
+
+
+def _l3_gateway(net: IPNetwork) -> Optional[IPAddress]:
+    """The address an L3/L3S subnet without `gateway` keeps free: the first usable one, as
+    Docker would make it the gateway; none in a /31, /32 (/127, /128), which have no spare."""
+    lo, _ = _usable_bounds(net)
+    if lo == int(net.network_address):
+        return None
+    return next(iter(_first_usable(net)))
 
 
 def _from_live(facts: IpamFacts, desired: DesiredState, network: str, fam: int) -> List[IPNetwork]:

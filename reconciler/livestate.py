@@ -22,7 +22,10 @@ from .render import object_json
 FORMAT_VERSION = "1"
 
 
-def state_json(live: HostState, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def state_json(
+    live: HostState, extra: Optional[Dict[str, Any]] = None, ula_prefix: Optional[str] = None
+) -> Dict[str, Any]:
+    """``ula_prefix``: the ULA /48 the host's IPAM uses (default: the one in ``live.facts``)."""
     objects = []
     for o in sorted(live, key=lambda o: (int(o.kind),) + tuple(str(k) for k in o.key[1:])):
         if getattr(o, "owned", True) is False:
@@ -52,6 +55,7 @@ def state_json(live: HostState, extra: Optional[Dict[str, Any]] = None) -> Dict[
             "foreign_links": [
                 {"netns": ns, "name": name, "kind": kind} for (ns, name), kind in sorted(facts.foreign_links.items())
             ],
+            "ula_prefix": ula_prefix if ula_prefix is not None else facts.ula_prefix,
         },
         "objects": objects,
         "summary": summary(live),
@@ -133,7 +137,18 @@ def load_state_json(text: str, source: str = "<live-state>") -> HostState:
             routes=tuple(ipaddress.ip_network(r) for r in host.get("routes", [])),
             foreign_netns=tuple(host.get("foreign_netns", [])),
             foreign_links={(f["netns"], f["name"]): f["kind"] for f in host.get("foreign_links", [])},
+            ula_prefix=_ula_prefix(host.get("ula_prefix")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{source}: malformed live state: {e}")
     return HostState(objs, facts)
+
+
+def _ula_prefix(v: Any) -> Optional[str]:
+    """The host's ULA /48 (None in files written before it was recorded)."""
+    if v is None:
+        return None
+    net = ipaddress.IPv6Network(v)  # ValueError / TypeError: malformed
+    if net.prefixlen != 48:
+        raise ValueError(f"ula_prefix {v} is not a /48")
+    return str(net)

@@ -82,7 +82,7 @@ def dummy_parent_name(network: str) -> str:
 @dataclass(frozen=True)
 class Subnet:
     cidr: Optional[IPNetwork]  # None: take one from the default pools (IPAM)
-    gateway: Optional[IPAddress] = None  # L2: defaulted to the first usable address
+    gateway: Optional[IPAddress] = None  # L2: defaulted to the first usable address; L3: only kept free
     ip_range: Optional[IPNetwork] = None
     aux_addresses: Tuple[Tuple[str, IPAddress], ...] = ()
     auto: bool = False  # the cidr was (or will be) chosen by IPAM, not the user
@@ -207,6 +207,9 @@ class DesiredState:
     # a fleet manifest narrowed to one host's part (``reconciler.fleet.select``): that host's
     # name; None for a single-host manifest or the whole fleet
     local_host: Optional[str] = None
+    # top-level `ula_prefix:` (an fdXX:XXXX:XXXX::/48): automatic IPv6 subnets come from it
+    # instead of the per-host one derived from /etc/machine-id (SPEC 2.2)
+    ula_prefix: Optional[ipaddress.IPv6Network] = None
 
     @property
     def fleet(self) -> bool:

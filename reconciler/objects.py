@@ -331,6 +331,9 @@ class HostFacts:
     routes: Tuple[IPNetwork, ...] = ()  # the host's routes (main table, no default)
     foreign_netns: Tuple[str, ...] = ()  # named namespaces we do not own
     foreign_links: Mapping[Tuple[str, str], str] = field(default_factory=dict)  # (ns, ifname) -> kind
+    # the ULA /48 the host's IPAM uses: set from a live-state JSON (`status --format json`),
+    # which records it so `plan --offline --live-state` plans with the host's prefix
+    ula_prefix: Optional[str] = None
 
 
 class HostState:

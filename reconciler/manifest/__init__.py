@@ -14,6 +14,7 @@ it, sorted by name, hidden files ignored; not recursive) or a single file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import os
@@ -23,6 +24,7 @@ from ..errors import Diagnostic, ManifestError
 from ..model import DesiredState, Location
 from . import schema as _schema
 from . import semantic as _semantic
+from . import ula as _ula
 from .yamlload import (  # noqa: F401  (re-exported)
     MAX_DEPTH,
     MAX_FILE_BYTES,
@@ -159,6 +161,10 @@ def check_documents(docs: Sequence[Document], diags: Iterable[Diagnostic] = ()) 
                 incomplete = True
     state, d = _semantic.check(docs, bad, incomplete)
     problems.extend(d)
+    ula_prefix, d = _ula.check(docs, bad)
+    problems.extend(d)
+    if ula_prefix is not None:
+        state = dataclasses.replace(state, ula_prefix=ula_prefix)
     if problems:
         raise ManifestError(problems)
     return state

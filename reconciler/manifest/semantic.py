@@ -281,10 +281,13 @@ class _Checker:
                     self.warnings.append(
                         Warning_(
                             doc.loc(gpos),
-                            f"{ctx} is {mode.value}: gateway {gw} is ignored (containers get "
-                            f"'default dev <interface>', as in ipvlan {mode.value} mode)",
+                            f"{ctx} is {mode.value}: gateway {gw} is ignored for routes (containers get "
+                            f"'default dev <interface>', as in ipvlan {mode.value} mode); it is only "
+                            "kept free of container addresses",
                         )
                     )
+                    if gw in cidr:  # not routed, but reserved (Docker's IPAM, ipam.py)
+                        gateway = gw
                 elif self.in_subnet(doc, gpos, gw, cidr, f"{ctx}: gateway"):
                     gateway = gw
         elif mode is Mode.L2:

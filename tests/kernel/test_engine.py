@@ -208,7 +208,7 @@ def test_clash_with_unowned_namespace_is_an_error_and_changes_nothing(rec):
         sh("ip netns del ka", check=False)
 
 
-def test_status_json_feeds_offline_plan(rec, tmp_path):
+def test_status_json_feeds_offline_plan(rec, tmp_path, monkeypatch):
     rec.write("a.yaml", L2_AND_L3)
     rec.apply()
     st = rec.cli("status", "--format", "json")
@@ -216,10 +216,26 @@ def test_status_json_feeds_offline_plan(rec, tmp_path):
     data = json.loads(st.stdout)
     names = {c["name"] for c in data["summary"]["containers"]}
     assert {"ka", "kb", "kc", "kd"} <= names
+    with open(os.path.join(rec.state, "state.json")) as f:  # the ULA /48 the host's IPAM uses
+        assert data["host"]["ula_prefix"] == json.load(f)["allocations"]["ula48"]
     live = tmp_path / "live.json"
     live.write_text(st.stdout)
     p = rec.plan("--offline", "--live-state", str(live), "--detailed-exitcode")
     assert p.returncode == 0, p.stdout + p.stderr
+    # a new automatic IPv6 subnet: planned from another machine id, it is still the host's
+    rec.write("b.yaml", "version: 1\nnetworks:\n  k6: {ipv6: true}\ncontainers:\n  kf: {networks: {k6: {}}}\n")
+    online = rec.plan("--format", "json")
+    import contextlib
+    import io
+
+    from reconciler import cli, engine
+
+    monkeypatch.setattr(engine, "machine_id", lambda: "a-ci-runner")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # CI: no copy of the host's state directory
+        cli.main(["plan", rec.dir, "--offline", "--live-state", str(live), "--format", "json",
+                  "--state-dir", str(tmp_path / "ci-state")])
+    assert out.getvalue() == online.stdout and data["host"]["ula_prefix"].split("::")[0] in online.stdout
     txt = rec.cli("status")
     assert "k20" in txt.stdout and "192.168.20.10/24" in txt.stdout
 

@@ -87,6 +87,8 @@ def test_dual_stack_examples(main_dir):
     # ipnet110: L3 dual stack on eth0: default dev eth0 for both families
     assert mode("ipnet110-dual") == "l3"
     assert addrs("ipnet110-dual") == ["192.168.112.50/24", "2001:db8:abc6::50/64"]
+    # the first addresses stay free as in Docker (L3 uses no gateway, but Docker reserves it)
+    assert addrs("ipnet110-auto") == ["192.168.110.2/24", "2001:db8:abc6::2/64"]
     assert default_route("ipnet110-dual", 6)["dev"] == "eth0" and "gateway" not in default_route("ipnet110-dual", 6)
     assert any(x["dst"] == "192.168.110.0/24" for x in routes("ipnet110-dual"))
     assert ping("ipnet110-v4", "192.168.112.50")

@@ -61,7 +61,7 @@ containers:
 # B: a mode change (endpoints replaced), an address change, an alias change, a
 # container removed and one added, the internal network gains IPv6 (sysctl update
 # and addresses). Automatic addresses come out the same from A and from empty (fv's
-# ip_range keeps them off .1, the gateway that L3 mode in B would free).
+# ip_range keeps them off .1, the gateway, which L3 mode in B still keeps free).
 MIXED_B = (
     MIXED_A.replace("  fv:  {parent: eth0.77,", "  fv:  {parent: eth0.77, ipvlan_mode: l3,")
     .replace("fl3: {ip: 10.79.0.9}", "fl3: {ip: 10.79.0.10}")

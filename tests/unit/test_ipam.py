@@ -48,10 +48,52 @@ def test_l2_gateway_defaults_to_first_usable_and_is_never_handed_out():
     assert addr(d, "x") == A("192.168.1.2") and addr(d, "y") == A("192.168.1.3")
 
 
-def test_l3_gets_no_gateway_and_first_address_is_usable():
-    d, _ = resolve([net("n", [Subnet(N("10.0.0.0/24"))], mode=Mode.L3)], [cont("x", "n")])
-    assert d.networks["n"].subnets[0].gateway is None
-    assert addr(d, "x") == A("10.0.0.1")
+@pytest.mark.parametrize("mode", [Mode.L3, Mode.L3S])
+def test_l3_gets_no_gateway_but_first_address_is_kept_free_like_docker(mode):
+    # the seed's ipnet110: Docker's IPAM reserves the gateway in every mode (containers start at .2)
+    nets = [net("n", [Subnet(N("192.168.110.0/24")), Subnet(N("2001:db8:abc6::/64"), family=6)],
+                mode=mode, ipv6=True)]
+    d, alloc = resolve(nets, [cont("x", "n"), cont("y", "n")])
+    assert d.networks["n"].subnets[0].gateway is None  # still no gateway route in L3
+    assert (addr(d, "x"), addr(d, "x", 6)) == (A("192.168.110.2"), A("2001:db8:abc6::2"))
+    assert (addr(d, "y"), addr(d, "y", 6)) == (A("192.168.110.3"), A("2001:db8:abc6::3"))
+    assert alloc.addresses["x"]["n"] == {"ip": "192.168.110.2", "ip6": "2001:db8:abc6::2"}
+
+
+def test_l3_given_gateway_is_kept_free_instead_of_the_first_address():
+    nets = [net("n", [Subnet(N("10.0.0.0/24"), gateway=A("10.0.0.2"))], mode=Mode.L3)]
+    d, _ = resolve(nets, [cont("x", "n"), cont("y", "n")])
+    assert (addr(d, "x"), addr(d, "y")) == (A("10.0.0.1"), A("10.0.0.3"))
+
+
+def test_l3_first_address_recorded_before_stays_with_its_container():
+    """Hosts applied before the reservation keep their addresses: from the state directory,
+    and, when it was lost, from what the endpoint shows."""
+    nets = [net("n", [Subnet(N("10.0.0.0/24"))], mode=Mode.L3)]
+    prev = ipam.Allocations(addresses={"x": {"n": {"ip": "10.0.0.1"}}})
+    d, alloc = resolve(nets, [cont("y", "n"), cont("x", "n")], prev=prev)
+    assert (addr(d, "x"), addr(d, "y")) == (A("10.0.0.1"), A("10.0.0.2"))
+    assert alloc.addresses["x"]["n"] == {"ip": "10.0.0.1"}  # recorded again: kept on every re-apply
+    d2, _ = resolve(nets, [cont("y", "n"), cont("x", "n")], prev=alloc)
+    assert (addr(d2, "x"), addr(d2, "y")) == (A("10.0.0.1"), A("10.0.0.2"))
+    facts = ipam.IpamFacts(live_addresses={("x", "n"): (ia.ip_interface("10.0.0.1/24"),)}, machine_id="m")
+    d3, _ = resolve(nets, [cont("y", "n"), cont("x", "n")], facts=facts)
+    assert (addr(d3, "x"), addr(d3, "y")) == (A("10.0.0.1"), A("10.0.0.2"))
+    # once x is gone, the address is not handed out again
+    d4, _ = resolve(nets, [cont("y", "n"), cont("z", "n")], prev=alloc)
+    assert (addr(d4, "y"), addr(d4, "z")) == (A("10.0.0.2"), A("10.0.0.3"))
+
+
+def test_l3_explicit_first_address_is_the_users_call():
+    nets = [net("n", [Subnet(N("10.0.0.0/24"))], mode=Mode.L3)]
+    d, _ = resolve(nets, [cont("x", "n"), cont("e", "n", ip=A("10.0.0.1"))])
+    assert (addr(d, "e"), addr(d, "x")) == (A("10.0.0.1"), A("10.0.0.2"))
+
+
+def test_l3_point_to_point_subnets_have_no_address_to_spare():
+    nets = [net("n", [Subnet(N("10.0.0.7/32"))], mode=Mode.L3), net("m", [Subnet(N("10.0.1.0/31"))], mode=Mode.L3)]
+    d, _ = resolve(nets, [cont("x", "n"), Container("y", (Attachment("m", "eth0"),))])
+    assert addr(d, "x") == A("10.0.0.7") and addr(d, "y") == A("10.0.1.0")
 
 
 def test_reserved_addresses_ip_range_and_parent_addresses():

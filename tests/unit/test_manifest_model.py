@@ -66,13 +66,14 @@ def test_l2_explicit_gateway_kept():
 
 
 @pytest.mark.parametrize("mode", ["l3", "l3s"])
-def test_l3_gateway_is_dropped_with_a_warning(mode):
+def test_l3_gateway_is_not_routed_only_reserved_with_a_warning(mode):
     state = parse_text(
         f"version: 1\nnetworks:\n  n:\n    ipvlan_mode: {mode}\n"
         "    subnets: [{subnet: 10.1.214.0/24, gateway: 10.1.214.1}]\n",
         "m.yaml",
     )
-    assert state.networks["n"].subnets[0].gateway is None
+    # kept so IPAM never hands it out; compile gives L3 'default dev' routes regardless
+    assert str(state.networks["n"].subnets[0].gateway) == "10.1.214.1"
     (w,) = state.warnings
     assert w.loc == Location("m.yaml", 5, 48)
     assert "gateway 10.1.214.1 is ignored" in w.message
@@ -82,6 +83,14 @@ def test_l3_gateway_is_dropped_with_a_warning(mode):
 def test_l3_without_gateway_has_none_and_no_warning():
     state = parse_text("version: 1\nnetworks:\n  n: {ipvlan_mode: l3, subnets: [{subnet: 10.0.0.0/24}]}\n")
     assert state.networks["n"].subnets[0].gateway is None and state.warnings == ()
+
+
+def test_l3_explicit_ip_may_take_the_first_address_when_no_gateway_is_written():
+    state = parse_text(
+        "version: 1\nnetworks:\n  n: {ipvlan_mode: l3, subnets: [{subnet: 10.0.0.0/24}]}\n"
+        "containers:\n  c: {networks: {n: {ip: 10.0.0.1}}}\n"
+    )
+    assert str(state.containers["c"].attachments[0].ip) == "10.0.0.1"
 
 
 def test_subnet_fields():

@@ -114,6 +114,15 @@ def test_l2_default_via_gateway_l3_default_dev_and_subnet_routes():
     assert ("t1", "192.168.20.0/24") not in routes  # the kernel's own prefix route covers it
 
 
+def test_l3_gateway_written_in_the_manifest_is_kept_free_not_routed():
+    d = DesiredState({"n": net("n", mode=Mode.L3, subnets=(Subnet(N("10.9.0.0/24"), gateway=A("10.9.0.1")),))},
+                     {}, {"c": Container("c", (Attachment("n", "eth0"),))})
+    p = plan_of(d)
+    routes = {(a.obj.ns, str(a.obj.dst)): a.obj for a in p.plan.actions if a.kind is Kind.ROUTE}
+    assert routes[("c", "0.0.0.0/0")].gateway is None
+    assert p.resolved.containers["c"].attachments[0].ip == A("10.9.0.2")
+
+
 def test_second_plan_on_converged_host_is_empty():
     d = desired_seedlike()
     live, p = converged_live(d)
