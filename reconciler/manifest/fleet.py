@@ -322,10 +322,10 @@ class _Fleet:
                     continue
                 what = "range" if s.ip_range is not None else "subnet"
                 has = f"blocks 0-{count - 1}" if count else "no whole block"
+                who = ", ".join(f"host {h.name} (id {h.id})" for h in short)
                 self.err_at(s.loc, f"network {net.name}: {what} {rng} holds {count} block(s) of /{size} "
-                            f"({has}), but " + ", ".join(f"host {h.name} (id {h.id})" for h in short) +
-                            f" use{'s' if len(short) == 1 else ''} the network and need{'s' if len(short) == 1 else ''} "
-                            "block number id; use a larger range, a longer block size or smaller host ids")
+                            f"({has}), too few for {who} using the network (host k hands out addresses "
+                            "from block k); use a larger range, a longer block size or smaller host ids")
 
     # ---- explicit addresses in other hosts' blocks ---------------------------------------------
 
