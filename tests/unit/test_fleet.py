@@ -216,6 +216,15 @@ def test_automatic_addresses_are_stable_across_runs_on_a_fleet_host():
     assert r1.containers == r2.containers
 
 
+def test_underlay_addresses_of_every_host_are_never_handed_out():
+    text = ("version: 1\nhosts: {h1: {id: 0, address: 192.168.1.11}, h2: {id: 1, address: 192.168.1.2}}\n"
+            "networks:\n  lan: {parent: eth0, block_size: 28, subnets: [{subnet: 192.168.1.0/24}]}\n"
+            "containers:\n  a: {host: h1, networks: {lan: {}}}\n  b: {host: h1, networks: {lan: {}}}\n")
+    r, _ = resolve(parse_text(text), "h1")
+    # .1 is the gateway; h2's .2 lies in h1's block 0 and is not h1's to hand out
+    assert [str(c.attachments[0].ip) for c in r.containers.values()] == ["192.168.1.3", "192.168.1.4"]
+
+
 def test_exhausted_block_names_the_host_and_its_block():
     text = ("version: 1\nhosts: {h1: {id: 1}}\nnetworks:\n  lan: {parent: eth0, block_size: 29, "
             "subnets: [{subnet: 10.0.0.0/24}]}\ncontainers:\n" +
