@@ -12,6 +12,8 @@ from .model import DesiredState
 
 
 def host_arg(p: argparse.ArgumentParser) -> None:
+    if any("--host" in a.option_strings for a in p._actions):
+        return  # already there (a command's parser may be built from several helpers)
     p.add_argument(
         "--host",
         metavar="NAME",

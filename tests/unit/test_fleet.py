@@ -9,6 +9,8 @@ import json
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from reconciler import cli, engine, fleet, ipam
 from reconciler.compile import compile_state
@@ -384,3 +386,46 @@ def test_daemon_applies_only_its_hosts_part(tmp_path):
     d.host = "h9"
     with pytest.raises(fleet.UnknownHost):  # a UserError: the daemon keeps its last valid state
         d.load([str(tmp_path)])
+
+
+def test_all_hosts_on_a_single_host_manifest_prints_its_one_plan():
+    path = os.path.join(ROOT, "manifests", "examples", "ipvlan20.yaml")
+    assert run_cli("plan", "--offline", "--all-hosts", path) == run_cli("plan", "--offline", path)
+
+
+# ---- property: hosts never collide ------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ids=st.sets(st.integers(0, 15), min_size=2, max_size=5),
+    prefix=st.integers(20, 24),
+    extra=st.integers(4, 6),
+    per_host=st.integers(1, 12),
+    v6=st.booleans(),
+)
+def test_property_automatic_addresses_of_different_hosts_never_collide(ids, prefix, extra, per_host, v6):
+    size = min(prefix + extra, 30)
+    net = ia.ip_network(f"10.0.0.0/{prefix}")
+    v6s = ", {subnet: 'fd00:1::/64'}" if v6 else ""
+    lines = ["version: 1", "hosts:"] + [f"  h{i}: {{id: {i}}}" for i in sorted(ids)]
+    lines += ["networks:", f"  lan: {{parent: eth0, block_size: {size}, ipv6: {str(v6).lower()}, "
+              f"subnets: [{{subnet: {net}}}{v6s}]}}", "containers:"]
+    for i in sorted(ids):
+        lines += [f"  c{i}_{j}: {{host: h{i}, networks: {{lan: {{}}}}}}" for j in range(per_host)]
+    s = parse_text("\n".join(lines) + "\n")
+    seen = set()
+    for i in sorted(ids):
+        try:
+            r, _ = resolve(s, f"h{i}")
+        except ManifestError as e:  # a small block may run out: said so, never a collision
+            assert "in block" in str(e)
+            continue
+        for c in r.containers.values():
+            att = c.attachments[0]
+            assert att.ip in fleet.block(net, size, i)
+            if v6:
+                assert att.ip6 in fleet.block(ia.ip_network("fd00:1::/64"), 80, i)
+            for a in (att.ip, att.ip6):
+                if a is not None:
+                    assert a not in seen
+                    seen.add(a)
