@@ -210,6 +210,9 @@ class DesiredState:
     # top-level `ula_prefix:` (an fdXX:XXXX:XXXX::/48): automatic IPv6 subnets come from it
     # instead of the per-host one derived from /etc/machine-id (SPEC 2.2)
     ula_prefix: Optional[ipaddress.IPv6Network] = None
+    # with local_host: the other hosts' containers that have explicit addresses on this
+    # host's non-internal networks, trimmed to those attachments (hosts files list them)
+    remote: Mapping[str, Container] = field(default_factory=dict)
 
     @property
     def fleet(self) -> bool:
