@@ -17,7 +17,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from ..errors import Diagnostic
 from ..model import (
@@ -72,6 +72,15 @@ class Entry:
         return self.value.get(key, default) if isinstance(self.value, dict) else default
 
 
+class _Named(NamedTuple):
+    """Where a host name was given: its container, position, and 'the name' / 'an alias'."""
+
+    owner: str
+    doc: Document
+    pos: Pos
+    kind: str
+
+
 @dataclass
 class _NetInfo:
     """What container checks need to know about a network."""
@@ -97,12 +106,13 @@ class _Checker:
         self.incomplete = incomplete  # some file could not be read: names may be missing
         self.diags: List[Diagnostic] = []
         self.warnings: List[Warning_] = []
-        # host name (lower case) -> (container, document, position, what it is there)
-        self.hostnames: Dict[str, Tuple[str, Document, Pos, str]] = {}
+        # host name (lower case) -> a container's entry (its name), or where it was named
+        self.hostnames: Dict[str, Any] = {}
         # (network, other network) -> (its subnet, the other's) when their subnets overlap
         self.net_overlaps: Dict[Tuple[str, str], Tuple[IPNetwork, IPNetwork]] = {}
-        # (network, family, host) -> attachments that need an automatic address, in order
-        self.demand: Dict[Tuple[str, int, Optional[str]], List[Tuple[str, Document, Pos]]] = {}
+        # family -> network (or (network, host) in a fleet) -> how many attachments need an
+        # automatic address
+        self.demand: Dict[int, Dict[Any, int]] = {4: {}, 6: {}}
 
     def source_line(self, loc: Location) -> Optional[str]:
         for es in self.entries.values():
@@ -440,8 +450,8 @@ class _Checker:
         raw = e.get("networks") or {}
         kposd = raw.kpos if isinstance(raw, YMap) else {}
         host = e.get("host")  # fleet manifests: pools are per host
-        if not isinstance(host, str):
-            host = None
+        if host is not None and not isinstance(host, str):
+            host = str(host)
         for i, (nname, att) in enumerate(raw.items()):
             kpos = kposd.get(nname, e.kpos)
             info = infos.get(nname)
@@ -453,24 +463,27 @@ class _Checker:
                 continue
             ip = ip6 = None
             aliases: Tuple[str, ...] = ()
+            t4 = t6 = None
             if att:
                 vpos = att.vpos if isinstance(att, YMap) else {}
                 if info is not None:
-                    text = att.get("ip")
-                    if text is not None:
-                        ip = self.attach_address(e, nname, info, text, "ip", 4, vpos.get("ip", kpos))
-                    text = att.get("ip6")
-                    if text is not None:
-                        ip6 = self.attach_address(e, nname, info, text, "ip6", 6, vpos.get("ip6", kpos))
+                    t4 = att.get("ip")
+                    if t4 is not None:
+                        ip = self.attach_address(e, nname, info, t4, "ip", 4, vpos.get("ip", kpos))
+                    t6 = att.get("ip6")
+                    if t6 is not None:
+                        ip6 = self.attach_address(e, nname, info, t6, "ip6", 6, vpos.get("ip6", kpos))
                 al = att.get("aliases")
                 if al:
                     aliases = self.aliases(e, nname, al)
             if info is not None and not info.broken:
-                demand = self.demand
-                if not att or att.get("ip") is None:
-                    demand.setdefault((nname, 4, host), []).append((name, doc, kpos))
-                if info.net.ipv6 and (not att or att.get("ip6") is None):
-                    demand.setdefault((nname, 6, host), []).append((name, doc, kpos))
+                key = nname if host is None else (nname, host)
+                if t4 is None:
+                    d4 = self.demand[4]
+                    d4[key] = d4.get(key, 0) + 1
+                if t6 is None and info.net.ipv6:
+                    d6 = self.demand[6]
+                    d6[key] = d6.get(key, 0) + 1
             attachments.append(Attachment(nname, _ifname(i), ip, ip6, aliases, doc.loc(kpos)))
         if len(attachments) > MAX_ATTACHMENTS:  # the schema says so too; belt and braces
             self.err(doc, e.kpos, f"container {name}: at most {MAX_ATTACHMENTS} networks")
@@ -526,14 +539,16 @@ class _Checker:
             return False
         first = self.hostnames.get(low)
         if first is None:
-            self.hostnames[low] = (owner, doc, pos, kind)
+            self.hostnames[low] = _Named(owner, doc, pos, kind)
             return True
-        if first[0] == owner:
+        if isinstance(first, Entry):  # a container's name, registered in bulk
+            first = _Named(first.name, first.doc, first.kpos, "the name")
+        if first.owner == owner:
             return True  # its own alias on another of its networks
         self.err(
             doc,
             pos,
-            f"{what} {hname!r} is already {first[3]} of container {first[0]} ({first[1].loc(first[2])}); "
+            f"{what} {hname!r} is already {first.kind} of container {first.owner} ({first.doc.loc(first.pos)}); "
             "container names and aliases are host names, unique across all manifest files "
             "regardless of case",
         )
@@ -679,50 +694,81 @@ class _Checker:
                         self.net_overlaps.setdefault((other, name), (ocidr, cidr))
                 stack.append((-neg_end, name, cidr))
 
-    def exhaustion(self, infos: Dict[str, _NetInfo]) -> None:
+    def exhaustion(self, infos: Dict[str, _NetInfo], conts: Dict[str, Entry]) -> None:
         """Automatic addresses a network cannot hand out, counted as IPAM hands them out (the
         usable part of each ip_range, else subnet, minus gateways, aux addresses and explicit
         addresses); the plan still checks what needs the host (addresses on the parent)."""
-        for (nname, fam, host), wants in self.demand.items():
-            info = infos[nname]
-            subs = [s for s in info.net.subnets if s.cidr is not None and s.cidr.version == fam]
-            if not subs or any(s.cidr is None and s.family == fam for s in info.net.subnets):
-                continue  # an automatic subnet: its size is not known before it is chosen
-            spans: List[Tuple[int, int]] = []
-            for s in subs:
-                lo, hi = _usable_bounds(s.ip_range or s.cidr)
-                slo, shi = _usable_bounds(s.cidr)
-                spans.append((max(lo, slo), min(hi, shi)))
-            total = sum(max(0, hi - lo + 1) for lo, hi in spans)
-            reserved_at_most = len(info.gateways) + sum(len(s.aux_addresses) for s in subs) + len(info.used)
-            if len(wants) + reserved_at_most <= total:
+        for fam, nets in self.demand.items():
+            for key, wants in nets.items():
+                nname, host = key if isinstance(key, tuple) else (key, None)
+                self.exhausted(infos[nname], fam, host, wants, conts)
+
+    def exhausted(self, info: _NetInfo, fam: int, host: Any, wants: int, conts: Dict[str, Entry]) -> None:
+        nname = info.net.name
+        subs = [s for s in info.net.subnets if s.cidr is not None and s.cidr.version == fam]
+        if not subs or any(s.cidr is None and s.family == fam for s in info.net.subnets):
+            return  # an automatic subnet: its size is not known before it is chosen
+        spans: List[Tuple[int, int]] = []
+        for s in subs:
+            lo, hi = _usable_bounds(s.ip_range or s.cidr)
+            slo, shi = _usable_bounds(s.cidr)
+            spans.append((max(lo, slo), min(hi, shi)))
+        total = sum(max(0, hi - lo + 1) for lo, hi in spans)
+        reserved_at_most = len(info.gateways) + sum(len(s.aux_addresses) for s in subs) + len(info.used)
+        if wants + reserved_at_most <= total:
+            return
+        taken: Set[int] = set()
+        for s in subs:
+            for a in [info.gateways.get(s.cidr)] + [a for _, a in s.aux_addresses]:
+                if a is not None and a.version == fam:
+                    taken.add(int(a))
+        taken.update(int(a) for a in info.used if a.version == fam)
+        reserved = sum(1 for v in taken if any(lo <= v <= hi for lo, hi in spans))
+        free = total - reserved
+        if wants <= free:
+            return
+        e, pos = self.nth_automatic(conts, nname, fam, host, max(free, 0))
+        doc, cname = e.doc, e.name
+        where = " and ".join(
+            f"ip_range {s.ip_range} of subnet {s.cidr}" if s.ip_range is not None else f"subnet {s.cidr}"
+            for s in subs
+        )
+        more = wants - free - 1
+        self.err(
+            doc,
+            pos,
+            f"container {cname} network {nname}: no automatic IPv{fam} address left"
+            f"{f' on host {host}' if host else ''}: {where} "
+            f"{'hold' if len(subs) > 1 else 'holds'} {total} usable address{'es' if total != 1 else ''}, "
+            f"{reserved} reserved (gateway, aux addresses, containers' explicit addresses), and "
+            + (f"the other {free} go to containers before this one" if free > 0 else "none is left")
+            + (f"; {more} more after it do{'es' if more == 1 else ''} not fit either" if more else ""),
+        )
+
+    def nth_automatic(self, conts: Dict[str, Entry], nname: str, fam: int, host: Any, n: int) -> Tuple[Entry, Pos]:
+        """The container (and its attachment's position) that asks network ``nname`` for the
+        n-th (from 0) automatic IPv``fam`` address, in manifest order: found again only when
+        a pool is short, so the common path only counts."""
+        key = "ip" if fam == 4 else "ip6"
+        last: Optional[Tuple[Entry, Pos]] = None
+        for e in conts.values():
+            if not e.checked:
                 continue
-            taken: Set[int] = set()
-            for s in subs:
-                for a in [info.gateways.get(s.cidr)] + [a for _, a in s.aux_addresses]:
-                    if a is not None and a.version == fam:
-                        taken.add(int(a))
-            taken.update(int(a) for a in info.used if a.version == fam)
-            reserved = sum(1 for v in taken if any(lo <= v <= hi for lo, hi in spans))
-            free = total - reserved
-            if len(wants) <= free:
+            h = e.get("host")
+            if (None if h is None else str(h)) != host:
                 continue
-            cname, doc, pos = wants[max(free, 0)]
-            where = " and ".join(
-                f"ip_range {s.ip_range} of subnet {s.cidr}" if s.ip_range is not None else f"subnet {s.cidr}"
-                for s in subs
-            )
-            more = len(wants) - free - 1
-            self.err(
-                doc,
-                pos,
-                f"container {cname} network {nname}: no automatic IPv{fam} address left"
-                f"{f' on host {host}' if host else ''}: {where} "
-                f"{'hold' if len(subs) > 1 else 'holds'} {total} usable address{'es' if total != 1 else ''}, "
-                f"{reserved} reserved (gateway, aux addresses, containers' explicit addresses), and "
-                + (f"the other {free} go to containers before this one" if free > 0 else "none is left")
-                + (f"; {more} more after it do{'es' if more == 1 else ''} not fit either" if more else ""),
-            )
+            nets = e.get("networks")
+            if not isinstance(nets, dict) or nname not in nets:
+                continue
+            att = nets[nname]
+            if att and att.get(key) is not None:
+                continue
+            last = (e, nets.kpos.get(nname, e.kpos) if isinstance(nets, YMap) else e.kpos)
+            if n == 0:
+                return last
+            n -= 1
+        assert last is not None  # the count came from these very entries
+        return last
 
     # ---- everything --------------------------------------------------------------------
 
@@ -790,9 +836,16 @@ class _Checker:
 
         self.vlan_cycles(vlans, vlan_entries)
         self.find_net_overlaps(infos)
-        for name, e in cont_entries.items():
-            if e.checked:
-                self.host_name(e.doc, e.kpos, name, name, f"container {name}: name", "the name")
+        checked = [e for e in cont_entries.values() if e.checked]
+        self.hostnames = {e.name.lower(): e for e in checked}  # the common case, in bulk
+        # ... unless two differ only in case, or one is localhost or starts with a digit
+        # (names start with [A-Za-z0-9]: one with a digit sorts before ':')
+        if len(self.hostnames) != len(checked) or not _LOCALHOST.isdisjoint(self.hostnames) or (
+            self.hostnames and min(self.hostnames) < ":"
+        ):
+            self.hostnames = {}
+            for e in checked:
+                self.host_name(e.doc, e.kpos, e.name, e.name, f"container {e.name}: name", "the name")
 
         containers: Dict[str, Container] = {}
         for name, e in cont_entries.items():
@@ -802,7 +855,7 @@ class _Checker:
             if c is not None:
                 containers[name] = c
 
-        self.exhaustion(infos)
+        self.exhaustion(infos, cont_entries)
 
         return DesiredState(
             networks={n: i.net for n, i in infos.items()},
