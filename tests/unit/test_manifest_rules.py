@@ -218,3 +218,50 @@ def monkeypatch_module():
     mp = pytest.MonkeyPatch()
     yield mp
     mp.undo()
+
+
+# ---- property: what validate accepts renders unambiguous hosts files ------------------------
+host_words = st.sampled_from(["web", "WEB", "Web", "db", "DB", "www", "api", "localhost", "IP6-loopback", "10.1", "123"])
+
+
+@st.composite
+def crowded_manifest(draw) -> str:
+    """Few names, few subnets: collisions between names, aliases and subnets are the norm."""
+    subnets = ["10.1.0.0/24", "10.1.0.0/25", "10.2.0.0/24", "10.1.0.128/26"]
+    nets = {f"n{i}": draw(st.sampled_from(subnets)) for i in range(draw(st.integers(1, 4)))}
+    lines = ["version: 1", "networks:"]
+    lines += [f"  {n}: {{parent: eth0.{10 + i}, subnets: [{{subnet: {s}}}]}}" for i, (n, s) in enumerate(nets.items())]
+    lines.append("containers:")
+    for cname in draw(st.lists(host_words, min_size=1, max_size=5, unique=True)):
+        atts = []
+        for n in draw(st.lists(st.sampled_from(sorted(nets)), min_size=1, max_size=3, unique=True)):
+            aliases = draw(st.lists(host_words, max_size=3, unique=True))
+            atts.append(f"{n}: {{aliases: [{', '.join(repr(a) for a in aliases)}]}}")
+        lines.append(f"  {cname!r}: {{networks: {{{', '.join(atts)}}}}}")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=crowded_manifest())
+def test_accepted_manifests_render_unambiguous_hosts_files(text):
+    try:
+        d, c = compiled(text)
+    except ManifestError as e:
+        for diag in e.diagnostics:  # refused: always located, never a crash
+            assert diag.loc.line >= 1 and diag.loc.col >= 1, diag
+        return
+    for name, cont in d.containers.items():
+        owner = {}
+        for line in hosts(c, name).splitlines()[3:]:  # after the header
+            ip, *names = line.split("\t")[0:1] + line.split("\t")[1].split(" ")
+            lows = [n.lower() for n in names]
+            assert len(lows) == len(set(lows)), line  # each name once per line
+            for low in lows:
+                assert low not in {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}, line
+                assert not low[:1].isdigit(), line  # no address literals as names
+                assert owner.setdefault(low, names[0]) == names[0], f"{low} names two containers:\n{line}"
+        # a container on two networks never holds overlapping prefixes
+        prefixes = [o.address.network for o in c.desired.objects.values()
+                    if getattr(o, "kind", None) is Kind.ADDRESS and o.ns == name]
+        for i, p in enumerate(prefixes):
+            assert not any(p.overlaps(q) for q in prefixes[i + 1:]), prefixes
