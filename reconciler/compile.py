@@ -250,6 +250,21 @@ class CompileMemo:
     networks: Dict[str, Network] = field(default_factory=dict)
 
 
+def _host_names(name: str, aliases) -> Tuple[str, ...]:
+    """The container's name and its aliases, each once: resolvers compare host names
+    regardless of case, so an alias repeating a name (in any case) is left out."""
+    if not aliases:
+        return (name,)
+    seen = {name.lower()}
+    out = [name]
+    for a in aliases:
+        low = a.lower()
+        if low not in seen:
+            seen.add(low)
+            out.append(a)
+    return tuple(out)
+
+
 class HostsBuilder:
     """/etc/hosts for each container: itself, then every container sharing a network.
 
@@ -267,7 +282,7 @@ class HostsBuilder:
         # a fleet host's files also list the other hosts' containers with explicit addresses
         for c in list(desired.containers.values()) + list(desired.remote.values()):
             for att in c.attachments:
-                names = " ".join((c.name,) + tuple(att.aliases))
+                names = " ".join(_host_names(c.name, att.aliases))
                 lines = "".join(f"{ip}\t{names}\n" for ip in (att.ip, att.ip6) if ip is not None)
                 start = sizes.get(att.network, 0)
                 self.own[(c.name, att.network)] = lines

@@ -17,7 +17,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from ..errors import Diagnostic
 from ..model import (
@@ -36,6 +36,7 @@ from ..model import (
     Warning_,
     dummy_parent_name,
 )
+from ..ipam import _usable_bounds
 from .yamlload import Document, Pos, YMap, printable
 
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL: names have at most 15 bytes
@@ -71,6 +72,15 @@ class Entry:
         return self.value.get(key, default) if isinstance(self.value, dict) else default
 
 
+class _Named(NamedTuple):
+    """Where a host name was given: its container, position, and 'the name' / 'an alias'."""
+
+    owner: str
+    doc: Document
+    pos: Pos
+    kind: str
+
+
 @dataclass
 class _NetInfo:
     """What container checks need to know about a network."""
@@ -83,6 +93,10 @@ class _NetInfo:
     # address -> (container, location) that took it
     used: Dict[IPAddress, Tuple[str, Location]] = field(default_factory=dict)
     partial: bool = False  # a subnet could not be read: "outside the subnets" is not known
+    special: Set[IPNetwork] = field(default_factory=set)  # subnets refused as kernel-special
+    # subnet -> its gateway (every mode: L3/L3S reserve one from automatic addresses too)
+    gateways: Dict[IPNetwork, IPAddress] = field(default_factory=dict)
+    broken: bool = False  # some subnet had an error: its pool cannot be counted
     parent_error: bool = False  # the parent is wrong (already reported)
 
 
@@ -92,6 +106,13 @@ class _Checker:
         self.incomplete = incomplete  # some file could not be read: names may be missing
         self.diags: List[Diagnostic] = []
         self.warnings: List[Warning_] = []
+        # host name (lower case) -> a container's entry (its name), or where it was named
+        self.hostnames: Dict[str, Any] = {}
+        # (network, other network) -> (its subnet, the other's) when their subnets overlap
+        self.net_overlaps: Dict[Tuple[str, str], Tuple[IPNetwork, IPNetwork]] = {}
+        # family -> network (or (network, host) in a fleet) -> how many attachments need an
+        # automatic address
+        self.demand: Dict[int, Dict[Any, int]] = {4: {}, 6: {}}
 
     def source_line(self, loc: Location) -> Optional[str]:
         for es in self.entries.values():
@@ -220,6 +241,8 @@ class _Checker:
             s = self.subnet(e, mode, ipv6, item, spos, info, seen_nets)
             if s is not None:
                 subnets.append(s)
+            else:
+                info.broken = True
         families = {s.cidr.version for s in subnets if s.cidr is not None}
         if 4 not in families:
             # none given, or only IPv6 ones: the default pools provide IPv4 (as the seed does)
@@ -262,6 +285,10 @@ class _Checker:
             return None
         if cidr.version == 6 and not ipv6:
             self.err(doc, vp("subnet"), f"{ctx}: IPv6 subnet {cidr} needs `ipv6: true` on the network")
+        special = _kernel_special(cidr)
+        if special:
+            self.err(doc, vp("subnet"), f"{ctx}: subnet {cidr} {special}")
+            info.special.add(cidr)
         for other, opos in seen_nets:
             if other.version == cidr.version and other.overlaps(cidr):
                 self.err(
@@ -273,6 +300,7 @@ class _Checker:
         seen_nets.append((cidr, vp("subnet")))
 
         gateway: Optional[IPAddress] = None
+        gw: Optional[IPAddress] = None
         if "gateway" in item:
             gpos = vp("gateway")
             gw = self.parse_address(doc, gpos, item["gateway"], f"{ctx}: gateway")
@@ -288,6 +316,10 @@ class _Checker:
                     )
                     if gw in cidr:  # not routed, but reserved (Docker's IPAM, ipam.py)
                         gateway = gw
+                elif gw.version == 6 == cidr.version and gw in _LINK_LOCAL6 and gw != _LINK_LOCAL6.network_address:
+                    # a router's link-local address, outside every subnet: the route is
+                    # `default via fe80::1 dev ethN`, as routers announce themselves
+                    gateway = gw
                 elif self.in_subnet(doc, gpos, gw, cidr, f"{ctx}: gateway"):
                     gateway = gw
         elif mode is Mode.L2:
@@ -303,6 +335,15 @@ class _Checker:
         if gateway is not None:
             how = "gateway" if "gateway" in item else "default gateway (the first usable address)"
             info.reserved[gateway] = f"the {how} of subnet {cidr}"
+            info.gateways[cidr] = gateway
+        elif mode is not Mode.L2:
+            # L3/L3S reserve their gateway (given, else the first usable address) from automatic
+            # addresses too, as Docker does; only the pool count needs it here
+            gw = gw if gw is not None and gw.version == cidr.version and gw in cidr else None
+            if gw is None:
+                lo, hi = _usable_bounds(cidr)
+                gw = ipaddress.ip_address(lo) if cidr.version == 4 else ipaddress.IPv6Address(lo)
+            info.gateways[cidr] = gw
 
         ip_range: Optional[IPNetwork] = None
         if "ip_range" in item:
@@ -313,6 +354,8 @@ class _Checker:
                     self.err(doc, rpos, f"{ctx}: ip_range {r} is IPv{r.version} but subnet {cidr} is IPv{cidr.version}")
                 elif not r.subnet_of(cidr):  # type: ignore[arg-type]
                     self.err(doc, rpos, f"{ctx}: ip_range {r} is not inside subnet {cidr}")
+                elif _kernel_special(r):
+                    self.err(doc, rpos, f"{ctx}: ip_range {r} {_kernel_special(r)}")
                 else:
                     ip_range = r
 
@@ -323,6 +366,10 @@ class _Checker:
             what = f"{ctx}: aux address {aname}"
             a = self.parse_address(doc, apos, atext, what)
             if a is None or not self.in_subnet(doc, apos, a, cidr, what):
+                continue
+            special = _kernel_special(a)
+            if special:
+                self.err(doc, apos, f"{what}: {a} {special}")
                 continue
             why = info.reserved.get(a)
             if why is not None:
@@ -387,7 +434,8 @@ class _Checker:
             self.err(doc, pos, f"{what} {addr} is IPv{addr.version} but subnet {net} is IPv{net.version}")
             return False
         if addr not in net:
-            self.err(doc, pos, f"{what} {addr} is outside subnet {net}")
+            hint = " (only an IPv6 gateway may be link-local)" if what.endswith("gateway") and addr.is_link_local else ""
+            self.err(doc, pos, f"{what} {addr} is outside subnet {net}{hint}")
             return False
         special = _special(addr, net)
         if special:
@@ -404,6 +452,9 @@ class _Checker:
         attachments: List[Attachment] = []
         raw = e.get("networks") or {}
         kposd = raw.kpos if isinstance(raw, YMap) else {}
+        host = e.get("host")  # fleet manifests: pools are per host
+        if host is not None and not isinstance(host, str):
+            host = str(host)
         for i, (nname, att) in enumerate(raw.items()):
             kpos = kposd.get(nname, e.kpos)
             info = infos.get(nname)
@@ -415,24 +466,116 @@ class _Checker:
                 continue
             ip = ip6 = None
             aliases: Tuple[str, ...] = ()
+            t4 = t6 = None
             if att:
                 vpos = att.vpos if isinstance(att, YMap) else {}
                 if info is not None:
-                    text = att.get("ip")
-                    if text is not None:
-                        ip = self.attach_address(e, nname, info, text, "ip", 4, vpos.get("ip", kpos))
-                    text = att.get("ip6")
-                    if text is not None:
-                        ip6 = self.attach_address(e, nname, info, text, "ip6", 6, vpos.get("ip6", kpos))
+                    t4 = att.get("ip")
+                    if t4 is not None:
+                        ip = self.attach_address(e, nname, info, t4, "ip", 4, vpos.get("ip", kpos))
+                    t6 = att.get("ip6")
+                    if t6 is not None:
+                        ip6 = self.attach_address(e, nname, info, t6, "ip6", 6, vpos.get("ip6", kpos))
                 al = att.get("aliases")
                 if al:
-                    aliases = tuple(al)
+                    aliases = self.aliases(e, nname, al)
+            if info is not None and not info.broken:
+                key = nname if host is None else (nname, host)
+                if t4 is None:
+                    d4 = self.demand[4]
+                    d4[key] = d4.get(key, 0) + 1
+                if t6 is None and info.net.ipv6:
+                    d6 = self.demand[6]
+                    d6[key] = d6.get(key, 0) + 1
             attachments.append(Attachment(nname, _ifname(i), ip, ip6, aliases, doc.loc(kpos)))
         if len(attachments) > MAX_ATTACHMENTS:  # the schema says so too; belt and braces
             self.err(doc, e.kpos, f"container {name}: at most {MAX_ATTACHMENTS} networks")
+        if self.net_overlaps and len(attachments) > 1:
+            self.overlapping_attachments(e, attachments, kposd)
         if len(self.diags) != nerr:
             return None
         return Container(name, tuple(attachments), e.loc)
+
+    def aliases(self, e: Entry, nname: str, al: Sequence[str]) -> Tuple[str, ...]:
+        """The aliases of one attachment, each a host name unique across the directory
+        regardless of case; an alias that only repeats a name is dropped with a warning."""
+        doc, name = e.doc, e.name
+        ipos = getattr(al, "ipos", None) or [e.kpos] * len(al)
+        keep: List[str] = []
+        seen: Dict[str, str] = {name.lower(): name}
+        for alias, apos in zip(al, ipos):
+            low = alias.lower()
+            dup = seen.get(low)
+            if dup is not None:
+                what = "the container's own name" if dup is name else f"alias {dup!r} of this network"
+                self.warnings.append(
+                    Warning_(
+                        doc.loc(apos),
+                        f"container {name} network {nname}: alias {alias!r} repeats {what} "
+                        "(host names are compared regardless of case); it is left out",
+                    )
+                )
+                continue
+            seen[low] = alias
+            if self.host_name(doc, apos, alias, name, f"container {name} network {nname}: alias", "an alias"):
+                keep.append(alias)
+        return tuple(keep)
+
+    def host_name(self, doc: Document, pos: Pos, hname: str, owner: str, what: str, kind: str) -> bool:
+        """Register a container name or alias as a host name of ``owner``; False (and an
+        error) when it cannot be one."""
+        low = hname.lower()
+        if low in _LOCALHOST:
+            self.err(
+                doc,
+                pos,
+                f"{what} {hname!r} is a name of the loopback address in every hosts file; choose another",
+            )
+            return False
+        literal = _address_literal(hname)
+        if literal is not None:
+            self.err(
+                doc,
+                pos,
+                f"{what} {hname!r} is not a host name: resolvers read it as the address {literal}",
+            )
+            return False
+        first = self.hostnames.get(low)
+        if first is None:
+            self.hostnames[low] = _Named(owner, doc, pos, kind)
+            return True
+        if isinstance(first, Entry):  # a container's name, registered in bulk
+            first = _Named(first.name, first.doc, first.kpos, "the name")
+        if first.owner == owner:
+            return True  # its own alias on another of its networks
+        self.err(
+            doc,
+            pos,
+            f"{what} {hname!r} is already {first.kind} of container {first.owner} ({first.doc.loc(first.pos)}); "
+            "container names and aliases are host names, unique across all manifest files "
+            "regardless of case",
+        )
+        return False
+
+    def overlapping_attachments(self, e: Entry, attachments: List[Attachment], kposd: Dict[str, Pos]) -> None:
+        """A container cannot be on two networks whose subnets overlap: it would hold the same
+        range twice (the same automatic address on both, two equal connected routes)."""
+        overlaps = self.net_overlaps
+        for j in range(1, len(attachments)):
+            b = attachments[j]
+            for i in range(j):
+                a = attachments[i]
+                hit = overlaps.get((b.network, a.network))
+                if hit is None:
+                    continue
+                self.err(
+                    e.doc,
+                    kposd.get(b.network, e.kpos),
+                    f"container {e.name} network {b.network}: subnet {hit[0]} overlaps subnet {hit[1]} "
+                    f"of network {a.network}, which the container is also attached to ({a.loc}); a "
+                    "container cannot be on two networks whose subnets overlap",
+                )
+                break
 
     def attach_address(
         self, e: Entry, nname: str, info: _NetInfo, text: str, key: str, fam: int, pos: Pos
@@ -484,6 +627,11 @@ class _Checker:
             ctx = f"container {e.name} network {nname}"
             self.err(doc, pos, f"{ctx}: {key} {addr} is the {special} of subnet {inside}")
             return None
+        if inside in info.special:  # only addresses of a refused subnet can be special
+            special = _kernel_special(addr)
+            if special:
+                self.err(doc, pos, f"container {e.name} network {nname}: {key} {addr} {special}")
+                return None
         why = info.reserved.get(addr)
         if why is not None:
             ctx = f"container {e.name} network {nname}"
@@ -496,6 +644,134 @@ class _Checker:
             return None
         info.used[addr] = (e.name, doc.loc(pos))
         return addr
+
+    # ---- directory-wide rules -----------------------------------------------------------
+
+    def vlan_cycles(self, vlans: Dict[str, Vlan], entries: Dict[str, Entry]) -> None:
+        """VLAN links that lead back to themselves (va on vb, vb on va) can never be created."""
+        state: Dict[str, int] = {}  # 1: on the chain being followed, 2: done
+        for start in vlans:
+            chain: List[str] = []
+            cur = start
+            while cur in vlans and cur not in state:
+                state[cur] = 1
+                chain.append(cur)
+                cur = vlans[cur].link
+            if state.get(cur) == 1:
+                cycle = chain[chain.index(cur):]
+                v = vlans[cycle[0]]
+                e = entries.get(v.name)
+                loc, src = v.loc, None
+                if v.declared and e is not None:
+                    loc, src = e.doc.loc(e.vpos("link")), e.doc.line(e.vpos("link").line + 1)
+                others = ", ".join(f"{n} at {vlans[n].loc}" for n in cycle[1:])
+                what = f"vlan {v.name}" if v.declared else f"parent {v.name}"
+                self.diags.append(
+                    Diagnostic(
+                        loc,
+                        f"{what}: link cycle {' -> '.join(cycle + [cycle[0]])} (vlan {others}); a "
+                        "VLAN's chain of links must end on an interface that is not a VLAN declared here",
+                        printable(src) if src is not None else self.source_line(loc),
+                    )
+                )
+            for n in chain:
+                state[n] = 2
+
+    def find_net_overlaps(self, infos: Dict[str, _NetInfo]) -> None:
+        """Which networks' subnets overlap: CIDR blocks nest or are disjoint, so one sweep in
+        address order with a stack of the blocks still open finds every overlapping pair."""
+        for fam in (4, 6):
+            items = sorted(
+                (int(s.cidr.network_address), -int(s.cidr.broadcast_address), name, s.cidr)
+                for name, info in infos.items()
+                for s in info.net.subnets
+                if s.cidr is not None and s.cidr.version == fam
+            )
+            stack: List[Tuple[int, str, IPNetwork]] = []  # (last address, network, subnet)
+            for start, neg_end, name, cidr in items:
+                while stack and stack[-1][0] < start:
+                    stack.pop()
+                for _, other, ocidr in stack:
+                    if other != name:
+                        self.net_overlaps.setdefault((name, other), (cidr, ocidr))
+                        self.net_overlaps.setdefault((other, name), (ocidr, cidr))
+                stack.append((-neg_end, name, cidr))
+
+    def exhaustion(self, infos: Dict[str, _NetInfo], conts: Dict[str, Entry]) -> None:
+        """Automatic addresses a network cannot hand out, counted as IPAM hands them out (the
+        usable part of each ip_range, else subnet, minus gateways, aux addresses and explicit
+        addresses); the plan still checks what needs the host (addresses on the parent)."""
+        for fam, nets in self.demand.items():
+            for key, wants in nets.items():
+                nname, host = key if isinstance(key, tuple) else (key, None)
+                self.exhausted(infos[nname], fam, host, wants, conts)
+
+    def exhausted(self, info: _NetInfo, fam: int, host: Any, wants: int, conts: Dict[str, Entry]) -> None:
+        nname = info.net.name
+        subs = [s for s in info.net.subnets if s.cidr is not None and s.cidr.version == fam]
+        if not subs or any(s.cidr is None and s.family == fam for s in info.net.subnets):
+            return  # an automatic subnet: its size is not known before it is chosen
+        spans: List[Tuple[int, int]] = []
+        for s in subs:
+            lo, hi = _usable_bounds(s.ip_range or s.cidr)
+            slo, shi = _usable_bounds(s.cidr)
+            spans.append((max(lo, slo), min(hi, shi)))
+        total = sum(max(0, hi - lo + 1) for lo, hi in spans)
+        reserved_at_most = len(info.gateways) + sum(len(s.aux_addresses) for s in subs) + len(info.used)
+        if wants + reserved_at_most <= total:
+            return
+        taken: Set[int] = set()
+        for s in subs:
+            for a in [info.gateways.get(s.cidr)] + [a for _, a in s.aux_addresses]:
+                if a is not None and a.version == fam:
+                    taken.add(int(a))
+        taken.update(int(a) for a in info.used if a.version == fam)
+        reserved = sum(1 for v in taken if any(lo <= v <= hi for lo, hi in spans))
+        free = total - reserved
+        if wants <= free:
+            return
+        e, pos = self.nth_automatic(conts, nname, fam, host, max(free, 0))
+        doc, cname = e.doc, e.name
+        where = " and ".join(
+            f"ip_range {s.ip_range} of subnet {s.cidr}" if s.ip_range is not None else f"subnet {s.cidr}"
+            for s in subs
+        )
+        more = wants - free - 1
+        self.err(
+            doc,
+            pos,
+            f"container {cname} network {nname}: no automatic IPv{fam} address left"
+            f"{f' on host {host}' if host else ''}: {where} "
+            f"{'hold' if len(subs) > 1 else 'holds'} {total} usable address{'es' if total != 1 else ''}, "
+            f"{reserved} reserved (gateway, aux addresses, containers' explicit addresses), and "
+            + (f"the other {free} go to containers before this one" if free > 0 else "none is left")
+            + (f"; {more} more after it do{'es' if more == 1 else ''} not fit either" if more else ""),
+        )
+
+    def nth_automatic(self, conts: Dict[str, Entry], nname: str, fam: int, host: Any, n: int) -> Tuple[Entry, Pos]:
+        """The container (and its attachment's position) that asks network ``nname`` for the
+        n-th (from 0) automatic IPv``fam`` address, in manifest order: found again only when
+        a pool is short, so the common path only counts."""
+        key = "ip" if fam == 4 else "ip6"
+        last: Optional[Tuple[Entry, Pos]] = None
+        for e in conts.values():
+            if not e.checked:
+                continue
+            h = e.get("host")
+            if (None if h is None else str(h)) != host:
+                continue
+            nets = e.get("networks")
+            if not isinstance(nets, dict) or nname not in nets:
+                continue
+            att = nets[nname]
+            if att and att.get(key) is not None:
+                continue
+            last = (e, nets.kpos.get(nname, e.kpos) if isinstance(nets, YMap) else e.kpos)
+            if n == 0:
+                return last
+            n -= 1
+        assert last is not None  # the count came from these very entries
+        return last
 
     # ---- everything --------------------------------------------------------------------
 
@@ -561,6 +837,19 @@ class _Checker:
             by_id[(v.link, v.vid)] = v
             vlans[v.name] = v
 
+        self.vlan_cycles(vlans, vlan_entries)
+        self.find_net_overlaps(infos)
+        checked = [e for e in cont_entries.values() if e.checked]
+        self.hostnames = {e.name.lower(): e for e in checked}  # the common case, in bulk
+        # ... unless two differ only in case, or one is localhost or starts with a digit
+        # (names start with [A-Za-z0-9]: one with a digit sorts before ':')
+        if len(self.hostnames) != len(checked) or not _LOCALHOST.isdisjoint(self.hostnames) or (
+            self.hostnames and min(self.hostnames) < ":"
+        ):
+            self.hostnames = {}
+            for e in checked:
+                self.host_name(e.doc, e.kpos, e.name, e.name, f"container {e.name}: name", "the name")
+
         containers: Dict[str, Container] = {}
         for name, e in cont_entries.items():
             if not e.checked:
@@ -568,6 +857,8 @@ class _Checker:
             c = self.container(e, net_entries, infos)
             if c is not None:
                 containers[name] = c
+
+        self.exhaustion(infos, cont_entries)
 
         return DesiredState(
             networks={n: i.net for n, i in infos.items()},
@@ -595,6 +886,25 @@ def _fast_address(text: str) -> Optional[IPAddress]:
         return None
 
 
+_LOCALHOST = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+def _address_literal(name: str) -> Optional[str]:
+    """The address a resolver reads ``name`` as (inet_aton takes '10.1', '123', '0x7f.1'),
+    or None for a host name."""
+    if ":" in name:
+        try:
+            return str(ipaddress.IPv6Address(name))
+        except ValueError:
+            return None
+    if not name[:1].isdigit():
+        return None
+    try:
+        return socket.inet_ntoa(socket.inet_aton(name))
+    except OSError:
+        return None
+
+
 def _special(addr: IPAddress, net: IPNetwork) -> Optional[str]:
     """'network address' / 'broadcast address' when addr is one that no host may use."""
     if net.version == 4 and net.prefixlen <= 30:
@@ -604,6 +914,65 @@ def _special(addr: IPAddress, net: IPNetwork) -> Optional[str]:
             return "broadcast address"
     if net.version == 6 and net.prefixlen <= 126 and addr == net.network_address:
         return "subnet-router anycast address (::)"
+    return None
+
+
+# Ranges no container interface may use: (range, what it is, why not). Checked against
+# subnets (overlap), ip_range, aux and explicit addresses. Measured on Linux 6.x: the kernel
+# refuses ::, ::1 (but on lo) and IPv6 multicast outright; it takes the IPv4 ones (0.0.0.0 is
+# silently dropped) but treats them as martians, and link-local IPv6 belongs to the kernel.
+_KERNEL_SPECIAL: Dict[int, Tuple[Tuple[IPNetwork, str, str], ...]] = {
+    4: tuple(
+        (ipaddress.ip_network(r), what, why)
+        for r, what, why in (
+            ("0.0.0.0/8", "'this network'",
+             "the kernel ignores 0.0.0.0 as an interface address and drops packets from 0.0.0.0/8 as martians"),
+            ("127.0.0.0/8", "loopback",
+             "the kernel drops it on any interface but lo as a martian address"),
+            ("169.254.0.0/16", "link-local",
+             "it is for per-link autoconfiguration and is never routed"),
+            ("224.0.0.0/4", "multicast",
+             "not a unicast address: the kernel installs no route for it and drops packets from it as martians"),
+            ("255.255.255.255/32", "the limited broadcast address",
+             "no interface may use it"),
+            ("240.0.0.0/4", "reserved",
+             "routers and most hosts drop it"),
+        )
+    ),
+    6: tuple(
+        (ipaddress.ip_network(r), what, why)
+        for r, what, why in (
+            ("::1/128", "the loopback address", "the kernel refuses it on any interface but lo"),
+            ("::/128", "the unspecified address", "the kernel refuses it as an interface address"),
+            ("::ffff:0:0/96", "IPv4-mapped",
+             "it never appears on the wire: the kernel drops IPv6 packets from such addresses"),
+            ("::/96", "IPv4-compatible (deprecated by RFC 4291)",
+             "the kernel treats it as a tunnel address"),
+            ("fe80::/10", "link-local",
+             "the kernel gives every interface its own link-local address and the reconciler "
+             "does not manage addresses there"),
+            ("fec0::/10", "site-local (deprecated by RFC 3879)",
+             "the kernel gives it site scope, not global"),
+            ("ff00::/8", "multicast",
+             "the kernel does not assign it to an interface"),
+        )
+    ),
+}
+_LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/10")
+
+
+def _kernel_special(x: Any) -> Optional[str]:
+    """Why ``x`` (an address or a network) cannot be a container's, or None."""
+    if isinstance(x, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        for r, what, why in _KERNEL_SPECIAL[x.version]:
+            if x.subnet_of(r):  # type: ignore[arg-type]
+                return f"is {what} ({r}): {why}"
+            if r.subnet_of(x):  # type: ignore[arg-type]
+                return f"includes {r} ({what}): {why}"
+        return None
+    for r, what, why in _KERNEL_SPECIAL[x.version]:
+        if x in r:
+            return f"is {what} ({r}): {why}"
     return None
 
 
