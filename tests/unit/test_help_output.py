@@ -123,11 +123,19 @@ def test_plan_text_lists_hosts_lines_added_and_removed():
     assert "\x1b" not in text and "10.0.0.2 c1" not in text
 
 
-def test_long_hosts_lists_are_cut_short_with_a_count():
+def test_long_hosts_lists_are_cut_short():
     after = hosts(*(f"10.0.0.{i}\tc{i}" for i in range(2, 12)))  # 10 entries
     a = Action(Op.CREATE, HostsFile("c1", after).key, None, HostsFile("c1", after))
     text = render_text(Plan(actions=(a,)))
-    assert text.count("        + 10.0.0.") == 4 and "... and 6 more lines" in text
+    assert text.count("        + 10.0.0.") == 4 and "\n        ...\n" in text
+    four = hosts(*(f"10.0.0.{i}\tc{i}" for i in range(2, 6)))
+    text = render_text(Plan(actions=(Action(Op.DELETE, HostsFile("c1", four).key, HostsFile("c1", four), None),)))
+    assert text.count("        - 10.0.0.") == 4 and "..." not in text
+    before = hosts("10.0.0.1\tc1")
+    after = hosts(*(f"10.0.0.{i}\tc{i}" for i in range(2, 12)))
+    text = render_text(Plan(actions=(Action(Op.UPDATE, HostsFile("c1", after).key, HostsFile("c1", before),
+                                            HostsFile("c1", after), (Change("content", before, after),)),)))
+    assert "content: 10 lines added, 1 removed" in text and "... and 7 more lines" in text
 
 
 def test_deleted_dummy_is_named_after_the_network_of_its_deleted_endpoints():
