@@ -16,7 +16,7 @@ from .objects import DummyLink, Endpoint, HostsFile, Kind, KObject, Sysctl, fmt
 from .plan import Action, Op, Plan, describe_key
 
 FORMAT_VERSION = "1"
-HOSTS_LINES_SHOWN = 4  # per hosts action in text plans; the rest is counted
+HOSTS_LINES_SHOWN = 4  # hosts lines per hosts action in text plans, then "..."
 
 
 def plural(n: int, noun: str, plural_form: Optional[str] = None) -> str:
@@ -80,7 +80,8 @@ def _printable(line: str) -> str:
 
 def _hosts_lines(before: Optional[str], after: Optional[str]) -> List[str]:
     """The lines a hosts file gains (+) and loses (-), the marker, comments and the loopback
-    lines every file has left out; at most HOSTS_LINES_SHOWN, then a count of the rest."""
+    lines every file has left out; at most HOSTS_LINES_SHOWN, then "... and N more lines"
+    (a changed file) or "..." (a created or deleted file: it is not read to the end)."""
     def entries(text: Optional[str]) -> List[str]:
         if not text:
             return []
