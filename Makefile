@@ -2,6 +2,7 @@
 .PHONY: demo test unit kernel bench
 
 demo:   ## boot the VM (kernel with ipvlan) and apply every seed example
+	scripts/system-deps
 	scripts/venv
 	scripts/vm-run -- scripts/demo
 
@@ -15,4 +16,6 @@ kernel: ## kernel suite in the VM; pytest arguments in ARGS='-k harness'
 	scripts/test kernel $(ARGS)
 
 bench:  ## full-size benchmark in the VM (slow under emulation)
+	scripts/system-deps
+	scripts/venv
 	scripts/vm-run -- .venv/bin/python bench/run.py

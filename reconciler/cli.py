@@ -39,6 +39,8 @@ def _state_dir_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .helptext import decorate, doc_path
+
     parser = argparse.ArgumentParser(
         prog="ipvlanctl",
         description="Declarative reconciler for Linux IPvlan networks, VLAN links and "
@@ -79,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--offline",
         action="store_true",
         help="do not read the kernel (unprivileged): diff against an empty host, or against "
-        "--live-state",
+        "--live-state. Without --live-state it assumes that every parent named in the "
+        "manifests (e.g. eth0) exists, with no addresses or routes of its own, that no link "
+        "or namespace it would create exists yet, and an empty state directory (automatic "
+        "addresses are chosen as on a fresh host)",
     )
     p.add_argument(
         "--live-state",
@@ -132,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watch manifest directories and the kernel; converge on every change, "
         "repair drift made by hand, finish pending networks when their parent appears. A "
         "broken manifest changes nothing; stopping leaves the network in place. SIGHUP "
-        "reloads. See docs/daemon.md.",
+        f"reloads. Documentation: {doc_path('daemon.md')}",
     )
     _paths_arg(p)
     _state_dir_arg(p)
@@ -158,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_STATUS_FILE})",
     )
     p.set_defaults(func=cmd_status)
+    decorate(parser, sub)
     return parser
 
 
@@ -171,10 +177,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for w in desired.warnings:
         print(str(w), file=sys.stderr)
     if not args.quiet:
-        print(
-            f"OK: {len(desired.networks)} networks, {len(desired.vlans)} vlans, "
-            f"{len(desired.containers)} containers{hosts}"
-        )
+        from .render import validate_summary
+
+        print(validate_summary(desired, hosts))
     return 0
 
 
@@ -228,21 +233,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _result_text(out) -> str:
+    from .render import plural
+
     lines = []
     r = out.result
     if r is not None:
         for a, err in r.failed:
             lines.append(f"Error: {err}")
         if r.not_run:
-            lines.append(f"Not run because of the error: {len(r.not_run)} action(s)")
+            lines.append(f"Not run because of the error: {plural(len(r.not_run), 'action')}")
         if out.rollback is not None:
             rb = out.rollback
-            lines.append(f"Rolled back {len(rb.done)} action(s) of this run" +
+            lines.append(f"Rolled back {plural(len(rb.done), 'action')} of this run" +
                          (f"; {len(rb.failed)} could not be undone:" if rb.failed else "."))
             for a, err in rb.failed:
                 lines.append(f"  rollback error: {err}")
         elif not r.ok:
-            lines.append(f"Left in place (--no-rollback): {len(r.done)} action(s) done before the error.")
+            lines.append(f"Left in place (--no-rollback): {plural(len(r.done), 'action')} done before the error.")
     add, change, destroy = out.plan.counts()
     if r is not None and r.ok:
         lines.append(f"Apply complete! Objects: {add} added, {change} changed, {destroy} destroyed.")
@@ -254,7 +261,7 @@ def _result_text(out) -> str:
     elif out.verify is not None and r is not None and r.ok:
         lines.append("Verified: the host matches the manifests.")
     if out.plan.pending:
-        lines.append(f"{len(out.plan.pending)} object(s) pending on missing parents (exit status 3).")
+        lines.append(f"{plural(len(out.plan.pending), 'object')} pending on missing parents (exit status 3).")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -338,6 +345,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 def status_text(data: dict) -> str:
     s = data["summary"]
     out = []
+    if not s["networks"] and not s["containers"]:
+        links = [f"{o.get('name')} ({o['kind']})" for o in data.get("objects", ())
+                 if o.get("kind") in ("vlan", "dummy")]
+        if links:
+            out.append(f"No containers managed on this host; managed links: {', '.join(links)}")
+        else:
+            out.append("Nothing managed on this host: no networks, containers or links created "
+                       "by ipvlan-reconciler.")
+    else:
+        out.extend(_status_tables(s))
+    return _status_daemon(data, out)
+
+
+def _status_tables(s: dict) -> list:
+    out = []
     out.append(f"{'NETWORK':<20} {'PARENT':<16} {'MODE':<5} {'FLAG':<8} CONTAINERS")
     for n in s["networks"]:
         out.append(f"{n['name']:<20} {n['parent']:<16} {n['mode']:<5} {n['flag']:<8} {len(n['containers'])}")
@@ -351,6 +373,10 @@ def status_text(data: dict) -> str:
                 f"{c['name']:<20} {i['ifname']:<6} {i['network']:<20} {'up' if i['up'] else 'down':<6} "
                 f"{', '.join(i['addresses']) or '-'}"
             )
+    return out
+
+
+def _status_daemon(data: dict, out: list) -> str:
     extra = data.get("daemon")
     if extra:
         out.append("")

@@ -29,12 +29,16 @@ def validate_host(desired: DesiredState, args: argparse.Namespace) -> str:
     if not desired.fleet:
         return ""
     from . import fleet
+    from .render import plural
 
-    words = f", {len(desired.hosts)} hosts"
+    words = f", {plural(len(desired.hosts), 'host')}"
     host = getattr(args, "host", None)
     if host is not None:
         mine = fleet.select(desired, host)
-        words += f" (host {host}: {len(mine.networks)} networks, {len(mine.containers)} containers)"
+        words += (
+            f" (host {host}: {plural(len(mine.networks), 'network')}, "
+            f"{plural(len(mine.containers), 'container')})"
+        )
     return words
 
 

@@ -40,6 +40,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from ..errors import ManifestError, ReconcilerError, UserError
+from ..render import plural
 from . import logs
 from .classify import BUG, PERMANENT, TEMPORARY, classify
 from .fswatch import fingerprint
@@ -233,7 +234,7 @@ class Daemon:
         for w in getattr(desired, "warnings", ()):
             logs.warning(str(w))
         logs.info(
-            "manifests loaded" if not files else f"manifests loaded from {len(files)} file(s)",
+            "manifests loaded" if not files else f"manifests loaded from {plural(len(files), 'file')}",
             networks=len(desired.networks),
             vlans=len(desired.vlans),
             containers=len(desired.containers),
@@ -387,7 +388,7 @@ class Daemon:
                 for a, err in r.failed:
                     lines.append(f"{action_line(a)}: {err}")
                 if out.rollback is not None:
-                    lines.append(f"rolled back {len(out.rollback.done)} action(s) of this run")
+                    lines.append(f"rolled back {plural(len(out.rollback.done), 'action')} of this run")
             if out.verify is not None and not out.verify.empty:
                 lines.append(
                     "verify: the host does not match the manifests after apply: "
@@ -492,7 +493,7 @@ class Daemon:
         parts = []
         res = s.last_result or "not reconciled yet"
         if res == "pending":
-            parts.append(f"converged except {len(s.pending)} pending object(s)")
+            parts.append(f"converged except {plural(len(s.pending), 'pending object')}")
         elif res in ("failed", "bug"):
             parts.append(f"error, retry at {iso(s.next_retry)}")
         elif res == "rejected":
@@ -500,7 +501,7 @@ class Daemon:
         else:
             parts.append(res)
         d = self.desired
-        parts.append(f"{len(d.networks)} networks, {len(d.containers)} containers")
+        parts.append(f"{plural(len(d.networks), 'network')}, {plural(len(d.containers), 'container')}")
         if s.last_reconcile:
             parts.append(f"last reconcile {iso(s.last_reconcile)} ({s.last_duration:.2f}s)")
         if s.manifest_valid is False:

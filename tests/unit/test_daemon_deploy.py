@@ -15,6 +15,8 @@ from reconciler.objects import MARKER, RTPROT
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(ROOT, "deploy")
 UNITS = ("ipvlan-reconciler.service", "ipvlan-reconciler-apply.service")
+VENV = "/opt/ipvlan-reconciler"  # the README's install route (test_units_use_the_readme_install_route)
+EXE = re.escape(f"{VENV}/bin/ipvlanctl")
 
 # Every option that gives a unit its own mount namespace: the bind mounts on /run/netns/NAME
 # would then be invisible to the host (see the comments in the unit files).
@@ -55,8 +57,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
     d.mkdir()
     for name in UNITS:
         text = open(os.path.join(DEPLOY, name)).read()
-        assert re.search(r"^ExecStart=ipvlanctl ", text, re.M), name
-        (d / name).write_text(re.sub(r"^ExecStart=ipvlanctl ", f"ExecStart={ipvlanctl} ", text, flags=re.M))
+        assert re.search(rf"^ExecStart={EXE} ", text, re.M), name
+        (d / name).write_text(re.sub(rf"^ExecStart={EXE} ", f"ExecStart={ipvlanctl} ", text, flags=re.M))
     p = subprocess.run([exe, "verify", "--man=no", *(str(d / n) for n in UNITS)],
                        capture_output=True, text=True, cwd=str(d))
     problems = [l for l in (p.stdout + p.stderr).splitlines()
@@ -70,7 +72,7 @@ def test_daemon_unit():
     assert u["Restart"] == ["on-failure"]
     assert u["WatchdogSec"] and u["WatchdogSec"][0] != "0"
     assert u["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
-    assert u["ExecStart"][0].startswith("ipvlanctl watch /etc/ipvlan-reconciler/manifests.d")
+    assert u["ExecStart"][0].startswith(f"{VENV}/bin/ipvlanctl watch /etc/ipvlan-reconciler/manifests.d")
     assert "--status-file /run/ipvlan-reconciler/status.json" in u["ExecStart"][0]
     assert "ipvlan-reconciler-apply.service" in " ".join(u["After"])
 
@@ -78,7 +80,7 @@ def test_daemon_unit():
 def test_apply_unit():
     u = unit("ipvlan-reconciler-apply.service")
     assert u["Type"] == ["oneshot"] and u["RemainAfterExit"] == ["yes"]
-    assert u["ExecStart"][0].startswith("ipvlanctl apply --quiet /etc/ipvlan-reconciler/manifests.d")
+    assert u["ExecStart"][0].startswith(f"{VENV}/bin/ipvlanctl apply --quiet /etc/ipvlan-reconciler/manifests.d")
     assert u["SuccessExitStatus"] == ["3"]  # pending on a missing parent: the daemon finishes
     before = " ".join(u["Before"]).split()
     after = " ".join(u["After"]).split()
@@ -139,3 +141,29 @@ def test_ci_workflow_runs_the_plan_script():
         wf = YAML(typ="safe").load(f)
     steps = wf["jobs"]["plan"]["steps"]
     assert any("plan.sh" in (s.get("run") or "") for s in steps)
+
+
+def test_units_use_the_readme_install_route():
+    """README.md and deploy/README.md install into one venv (pip refuses the system Python on
+    Debian 12), with the fast extra, link ipvlanctl into sudo's secure_path; the units run
+    that venv's ipvlanctl and name documentation the package installs there."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    deploy = open(os.path.join(DEPLOY, "README.md")).read()
+    routes = []
+    for text in (readme, deploy):
+        venv = re.search(r"^python3 -m venv (\S+)$", text, re.M).group(1)
+        assert re.search(rf"^{re.escape(venv)}/bin/pip install '\S*\[fast\]'", text, re.M)
+        link = re.search(rf"^ln -s {re.escape(venv)}/bin/ipvlanctl (\S+)$", text, re.M).group(1)
+        assert os.path.dirname(link) in ("/usr/local/sbin", "/usr/local/bin")  # sudo's secure_path
+        routes.append(venv)
+    assert routes == [VENV, VENV]
+    assert "secure_path" in readme and "externally-managed-environment" in readme
+    pyproject = open(os.path.join(ROOT, "pyproject.toml")).read()
+    m = re.search(r'^"(share/doc/ipvlan-reconciler)" = \[(.*)\]$', pyproject, re.M)
+    shipped = {os.path.basename(x) for x in re.findall(r'"([^"]+)"', m.group(2))}
+    for name in UNITS:
+        u = unit(name)
+        assert u["ExecStart"][0].split()[0] == f"{VENV}/bin/ipvlanctl", name
+        for doc in " ".join(u["Documentation"]).split():
+            assert doc.startswith(f"file://{VENV}/{m.group(1)}/"), (name, doc)
+            assert os.path.basename(doc) in shipped, (name, doc)

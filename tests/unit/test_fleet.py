@@ -368,7 +368,10 @@ def test_single_host_manifest_ignores_host():
 def test_validate_reports_hosts_and_the_selected_hosts_part():
     rc, out, _ = run_cli("validate", "--host", "h1", EXAMPLE)
     assert rc == 0
-    assert out.strip() == "OK: 2 networks, 1 vlans, 5 containers, 3 hosts (host h1: 2 networks, 2 containers)"
+    assert out.strip() == (
+        "OK: 2 networks, 0 VLANs, 5 containers, 3 hosts (host h1: 2 networks, 2 containers); "
+        "1 implied VLAN link (from eth0.N-style parents)"
+    )
 
 
 def test_every_command_takes_host():

@@ -1,0 +1,117 @@
+"""Examples and documentation pointers for `ipvlanctl --help` (kept apart from cli.py's
+parser so the parser stays readable). Every subcommand gets an "Examples:" epilog; the
+help formatter keeps multi-line texts (the epilogs) as written and wraps the rest."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Dict
+
+DOC_DIR_INSTALLED = os.path.join("share", "doc", "ipvlan-reconciler")  # pyproject data-files
+
+
+def doc_path(name: str) -> str:
+    """Where the document NAME (README.md, daemon.md, ...) is on this machine: installed with
+    the package under <prefix>/share/doc/ipvlan-reconciler/ (the docs/ tree is not part of
+    the Python package), or in the source checkout (editable installs)."""
+    installed = os.path.join(sys.prefix, DOC_DIR_INSTALLED, name)
+    if os.path.exists(installed):
+        return installed
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = os.path.join(checkout, name if name == "README.md" else os.path.join("docs", name))
+    return source if os.path.exists(source) else installed
+
+
+class Formatter(argparse.HelpFormatter):
+    """Texts that contain a newline (the examples) are printed as written; one-line texts
+    (descriptions) are wrapped to the terminal as usual."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+MANIFESTS = "/etc/ipvlan-reconciler/manifests.d"
+
+EXAMPLES: Dict[str, str] = {
+    "validate": f"""\
+Examples:
+  # check a manifest directory (every *.yaml/*.yml in it): no root, no kernel
+  ipvlanctl validate {MANIFESTS}
+
+  # several directories and files together are one desired state
+  ipvlanctl validate base.yaml site/
+
+  # print errors only (CI)
+  ipvlanctl validate -q manifests.d
+""",
+    "plan": f"""\
+Examples:
+  # what apply would change on this host (reads the kernel: root)
+  sudo ipvlanctl plan {MANIFESTS}
+
+  # unprivileged, without the kernel, against an empty host
+  ipvlanctl plan --offline manifests.d
+
+  # against a host's real state, saved there with `ipvlanctl status --format json`
+  ipvlanctl plan --offline --live-state web1.json manifests.d
+
+  # CI gate: exit 2 when there are changes; the plan as JSON, its format described in
+  # {doc_path("plan-json.md")}
+  ipvlanctl plan --offline --detailed-exitcode --format json manifests.d > plan.json
+""",
+    "apply": f"""\
+Examples:
+  # converge this host; run it again: "No changes."
+  sudo ipvlanctl apply {MANIFESTS}
+
+  # at boot (deploy/ipvlan-reconciler-apply.service): silent when nothing changes
+  sudo ipvlanctl apply --quiet {MANIFESTS}
+
+  # machine-readable result; fail at once if another apply holds the lock
+  sudo ipvlanctl apply --format json --lock-timeout 0 manifests.d
+""",
+    "watch": f"""\
+Examples:
+  # the daemon in the foreground: converge now and on every change, repair drift
+  sudo ipvlanctl watch {MANIFESTS}
+
+  # as the systemd unit runs it, with Prometheus metrics on 127.0.0.1:9478
+  ipvlanctl watch {MANIFESTS} --state-dir /var/lib/ipvlan-reconciler \\
+      --status-file /run/ipvlan-reconciler/status.json --metrics-addr 9478
+
+  # re-read the manifests now (SIGHUP); its last result
+  sudo systemctl reload ipvlan-reconciler
+  sudo ipvlanctl status
+""",
+    "status": """\
+Examples:
+  # networks, containers and addresses managed here, and the daemon's last result
+  sudo ipvlanctl status
+
+  # save this host's state, to plan against it elsewhere with `plan --offline --live-state`
+  sudo ipvlanctl status --format json > web1.json
+""",
+}
+
+MAIN_EPILOG = f"""\
+Examples:
+  ipvlanctl validate {MANIFESTS}
+  sudo ipvlanctl plan {MANIFESTS}
+  sudo ipvlanctl apply {MANIFESTS}
+  ipvlanctl COMMAND --help        (examples for each command)
+
+Documentation: {doc_path("README.md")}
+"""
+
+
+def decorate(parser: argparse.ArgumentParser, sub: "argparse._SubParsersAction") -> None:
+    """Add the examples to the top-level parser and to every subcommand that has some."""
+    parser.formatter_class = Formatter
+    parser.epilog = MAIN_EPILOG
+    for name, p in sub.choices.items():
+        p.formatter_class = Formatter
+        if name in EXAMPLES:
+            p.epilog = EXAMPLES[name]
