@@ -198,10 +198,16 @@ class Daemon:
             self.last_missing = []
         if digest == self.digest and not force:
             return False
-        from ..model import DesiredState
-
         try:
-            desired = self.load(self.paths) if files else DesiredState()
+            if not files:
+                # nothing to load (an empty directory, only dangling links, a mount not
+                # there yet) is an error, never "the desired state is empty" (SPEC 3):
+                # keep the last valid desired state; a manifest with `version: 1` alone
+                # empties the host on purpose
+                from ..manifest import no_manifest_error
+
+                raise no_manifest_error(self.paths)
+            desired = self.load(self.paths)
         except UserError as e:  # ManifestError and friends: permanent until an edit
             self.digest = digest
             self.manifest_invalid(e)
@@ -229,11 +235,12 @@ class Daemon:
         for w in getattr(desired, "warnings", ()):
             logs.warning(str(w))
         logs.info(
-            "manifests loaded" if not files else f"manifests loaded from {len(files)} file(s)",
+            f"manifests loaded from {len(files)} file(s)",
             networks=len(desired.networks),
             vlans=len(desired.vlans),
             containers=len(desired.containers),
-            **({"note": "no manifests: everything the reconciler owns will be removed"} if not files else {}),
+            **({"note": "the manifests declare nothing: everything the reconciler owns will be removed"}
+               if not (desired.networks or desired.vlans or desired.containers) else {}),
         )
         return True
 

@@ -701,12 +701,30 @@ def test_loop_applies_then_repairs_drift_then_keeps_state_on_broken_manifest(tmp
     assert h.status()["manifest"]["valid"] is True
 
 
-def test_loop_empty_directory_means_remove_everything_missing_means_keep(tmp_path, quiet_logs):
+def test_loop_empty_directory_keeps_the_last_state_missing_means_keep(tmp_path, quiet_logs):
     h = Harness(tmp_path, {"a.yaml": "c1"})
     h.step("start")
+    n = len(h.applied)
+    for emptied in ("nothing", "only x.YAML", "only a dangling link"):
+        os.unlink(h.dir / "a.yaml")
+        if emptied == "only x.YAML":
+            (h.dir / "x.YAML").write_text("version: 1\n")
+        if emptied == "only a dangling link":
+            os.unlink(h.dir / "x.YAML")
+            os.symlink(tmp_path / "gone.yaml", h.dir / "a.yaml")
+        h.step("file", immediate=False)
+        # an emptied directory is an error (SPEC 3), never "remove everything"
+        assert len(h.applied) == n, emptied
+        st = h.status()
+        assert st["manifest"]["valid"] is False, emptied
+        assert "no manifest file" in st["manifest"]["errors"][0] or "dangling" in st["manifest"]["errors"][0]
+        h.step("netlink", immediate=False)  # drift repair still enforces the last state
+        n += 1
+        assert len(h.applied) == n and set(h.applied[-1].containers) == {"c1"}
+        if emptied != "only a dangling link":
+            (h.dir / "a.yaml").write_text("c1")
+    assert "dangling symlink" in h.status()["manifest"]["errors"][0]
     os.unlink(h.dir / "a.yaml")
-    h.step("file", immediate=False)
-    assert h.applied[-1] == DesiredState()  # deliberately emptied: remove everything
     (h.dir / "a.yaml").write_text("c1")
     h.step("file", immediate=False)
     n = len(h.applied)
@@ -717,6 +735,26 @@ def test_loop_empty_directory_means_remove_everything_missing_means_keep(tmp_pat
     assert st["manifest"]["missing"] == [str(h.dir)]
     h.step("netlink", immediate=False)  # drift repair still enforces the last state
     assert set(h.applied[-1].containers) == {"c1"}
+
+
+def test_loop_a_manifest_that_declares_nothing_empties_the_host(tmp_path, quiet_logs):
+    """With the real loader: `version: 1` alone is the way to remove everything."""
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "a.yaml").write_text("version: 1\ncontainers:\n  c1: {}\n")
+    applied = []
+    daemon = Daemon(
+        [str(d)], str(tmp_path / "state"), status_file=str(tmp_path / "status.json"), debounce=0.5,
+        resync_interval=60, apply_fn=lambda desired, *a, **k: applied.append(desired) or outcome(),
+        kernel_factory=lambda: None, notifier=FakeNotifier(), clock=FakeClock(),
+    )
+    assert daemon.reload() and set(daemon.desired.containers) == {"c1"}
+    (d / "a.yaml").unlink()
+    assert not daemon.reload()  # an empty directory: an error, the last state stays
+    assert set(daemon.desired.containers) == {"c1"} and daemon.status.manifest_valid is False
+    (d / "a.yaml").write_text("version: 1\n")
+    assert daemon.reload() and daemon.desired == DesiredState()
+    assert daemon.status.manifest_valid is True
 
 
 def test_loop_retries_temporary_errors_with_backoff_and_waits_on_permanent(tmp_path, quiet_logs):
