@@ -26,8 +26,9 @@ Error classes (``classify``): a manifest that does not load changes nothing
 diagnostic is logged with file:line:col; permanent errors wait for an edit;
 temporary errors and bugs are retried with capped exponential backoff. The
 daemon never tears anything down on exit, on a broken manifest, or when a
-manifest directory disappears; only a directory emptied of manifests is a
-request to remove everything.
+manifest directory disappears or yields no manifest file (empty, only dangling
+links: an error, SPEC 3); only a manifest that declares nothing (`version: 1`
+alone) is a request to remove everything.
 """
 from __future__ import annotations
 
