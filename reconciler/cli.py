@@ -168,8 +168,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         sys.stdout.write(json.dumps(validate_document(desired), indent=2) + "\n")
         return 0
+    from .output import error_text
+
     for w in desired.warnings:
-        print(str(w), file=sys.stderr)
+        print(error_text(w), file=sys.stderr)  # (file names may hold control characters)
     if not args.quiet:
         print(
             f"OK: {len(desired.networks)} networks, {len(desired.vlans)} vlans, "
