@@ -472,3 +472,25 @@ def test_bad_corpus_through_the_cli(case, bad_runs):
     assert located, r.err  # every tests/bad case states a position
     quoted = [ln for ln in r.err.splitlines() if ln.startswith("    ")]
     assert all(len(ln) <= 4 + 202 for ln in quoted), "a quoted source line is longer than the cap"
+
+
+@pytest.mark.parametrize("argv", [["status", "--format", "json"], ["apply", "--format", "json", "m.yaml"]])
+def test_json_format_errors_of_status_and_apply(argv, tmp_path, monkeypatch, capsys):
+    """In process, the kernel refused (as for a user who is not root): still one JSON
+    document on standard output, exit 1."""
+    from reconciler import cli
+    from reconciler.errors import UserError
+
+    _write(str(tmp_path / "m.yaml"), VALID)
+    monkeypatch.chdir(tmp_path)
+
+    def refuse():
+        raise UserError("this command changes or reads network namespaces and needs root")
+
+    monkeypatch.setattr(cli, "_kernel", refuse)
+    rc = cli.main(argv)
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert rc == 1 and err == "" and doc["exit_code"] == 1 and doc["valid"] is None
+    assert doc["diagnostics"] == [{"severity": "error", "file": None, "line": None, "col": None,
+                                   "message": "this command changes or reads network namespaces and needs root"}]
