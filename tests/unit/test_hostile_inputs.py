@@ -468,6 +468,7 @@ def test_bad_corpus_through_the_cli(case, bad_runs):
     files = [case] if not os.path.isdir(os.path.join(ROOT, case)) else [
         os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, case, "*"))]
     check(case, r, files, rc=(1,))
+    assert "must-not-be-printed" not in r.text  # tests/bad/not-a-manifest-*: files that are not manifests
     located = [ln for ln in r.err.splitlines() if re.match(r"^.+?:\d+:\d+: ", ln)]
     assert located, r.err  # every tests/bad case states a position
     quoted = [ln for ln in r.err.splitlines() if ln.startswith("    ")]
