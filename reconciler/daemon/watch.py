@@ -260,7 +260,7 @@ class Daemon:
             for d in diags:
                 loc = d.loc
                 logs.error(
-                    f"{loc}: {d.message}",
+                    _first_line(d.render()),  # sanitised: a file name cannot forge log lines
                     file=loc.file,
                     line=loc.line,
                     col=loc.col,
