@@ -346,6 +346,27 @@ def test_text_logs_with_fields():
     assert "hidden" not in out
 
 
+def test_text_logs_of_a_hostile_file_name_are_one_printable_line(tmp_path):
+    """A manifest named with an escape sequence and a newline neither reaches the terminal
+    raw nor forges a second log line."""
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "\x1b[31mx.yaml").write_text("version: 1\nnetworks: [\n")  # (a log field without spaces)
+    (d / "y\nERROR forged.yaml").write_text("version: 1\nnetworks: [\n")
+    buf = io.StringIO()
+    logs.setup("text", "info", stream=buf)
+    try:
+        daemon = Daemon([str(d)], str(tmp_path / "state"), status_file=str(tmp_path / "status.json"),
+                        apply_fn=lambda *a, **k: outcome(), kernel_factory=lambda: None,
+                        notifier=FakeNotifier(), clock=FakeClock())
+        assert not daemon.reload()
+    finally:
+        logs.setup("text", "info")
+    out = buf.getvalue()
+    assert "\x1b" not in out and not any(line.startswith("ERROR forged") for line in out.splitlines()), out
+    assert "YAML syntax error" in out
+
+
 # --- manifest files and the watcher ---------------------------------------------------------------
 def test_manifest_names():
     for ok in ("a.yaml", "net.yml", "10-base.yaml"):
