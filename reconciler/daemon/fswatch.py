@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ..manifest import is_manifest_name
+from ..manifest import read_bytes as _read_bytes
 from ..manifest import scan as _scan
 from . import logs
 
@@ -53,12 +54,12 @@ def fingerprint(paths: List[str]) -> Tuple[str, List[str], List[str]]:
         h.update(b"problem\0" + f"{d.loc.file}\0{d.message}".encode("utf-8", "surrogateescape") + b"\0")
     for f in files:
         h.update(b"file\0" + f.encode("utf-8", "surrogateescape") + b"\0")
-        try:
-            with open(f, "rb") as fh:
-                data = fh.read()
+        # read as the loader reads: never blocking (a file swapped for a FIFO meanwhile)
+        data, failed = _read_bytes(f)
+        if data is not None:
             h.update(str(len(data)).encode() + b"\0" + data)
-        except OSError as e:
-            h.update(f"error {e.errno}\0".encode())
+        else:
+            h.update(f"error {failed[1][0].message}\0".encode("utf-8", "surrogateescape"))
     return h.hexdigest(), files, missing
 
 

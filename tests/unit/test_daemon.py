@@ -389,6 +389,25 @@ def test_fingerprint_changes_with_content_only(tmp_path):
     assert manifest_files([str(tmp_path / "gone")]) == ([], [str(tmp_path / "gone")])
 
 
+def test_fingerprint_never_blocks_on_a_fifo(tmp_path, monkeypatch):
+    """A manifest swapped for a FIFO between listing and reading must not hang the daemon."""
+    from reconciler.daemon import fswatch
+    from reconciler.manifest import Scan
+
+    fifo = tmp_path / "x.yaml"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(fswatch, "_scan", lambda paths: Scan([str(fifo)], [], []))
+    done = []
+    t = threading.Thread(target=lambda: done.append(fingerprint([str(tmp_path)])), daemon=True)
+    t.start()
+    t.join(10)
+    if not done:
+        open(fifo, "wb").close()  # unblock the reader (a writer appears and goes)
+        t.join(10)
+        pytest.fail("fingerprint blocked reading a FIFO")
+    assert done[0][1] == [str(fifo)]
+
+
 def _k8s_layout(root, version, files):
     """A ConfigMap mount: ..<ts>/ holds the files, ..data -> ..<ts>, NAME -> ..data/NAME."""
     ts = root / f"..2024_01_01_00_00_0{version}"
