@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     host_arg(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="json: valid, error_count, warning_count and diagnostics (file, line, col, "
+        "message, severity) on standard output (docs/plan-json.md)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
@@ -174,8 +181,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     desired = load(args.paths)
     hosts = validate_host(desired, args)
+    if args.format == "json":
+        import json
+
+        from .output import validate_document
+
+        sys.stdout.write(json.dumps(validate_document(desired), indent=2) + "\n")
+        return 0
+    from .output import error_text
+
     for w in desired.warnings:
-        print(str(w), file=sys.stderr)
+        print(error_text(w), file=sys.stderr)  # (file names may hold control characters)
     if not args.quiet:
         from .render import validate_summary
 
@@ -401,9 +417,27 @@ def _status_daemon(data: dict, out: list) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .output import OutputError, guarded, write_failed
+
+    try:
+        with guarded() as guard:
+            try:
+                return _main(argv, guard)
+            finally:
+                if guard.active:
+                    sys.stdout.flush()  # a write error shows here, not at the interpreter's exit
+    except OutputError as e:
+        return write_failed(e)
+
+
+def _main(argv: Optional[List[str]], guard) -> int:
     import gc
 
+    from .output import OutputError, error_document, error_text, wants_json
+
     args = build_parser().parse_args(argv)
+    if args.command == "watch":
+        guard.release()  # the daemon's logs handle their own stream
     gc_was_enabled = gc.isenabled()
     if args.command != "watch":
         # One-shot commands build one large object graph (a 10,000-container manifest is
@@ -414,8 +448,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         gc.disable()
     try:
         return int(args.func(args))
+    except OutputError:
+        raise
     except ReconcilerError as e:
-        print(str(e), file=sys.stderr)
+        if wants_json(args):
+            import json
+
+            sys.stdout.write(json.dumps(error_document(e), indent=2) + "\n")
+        else:
+            print(error_text(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 from . import ipam
 from .compile import CompileMemo, compile_state
 from .errors import Bug, PlanError
-from .livestate import load_state_json
+from .livestate import load_state_json, read_state_file  # noqa: F401
 from .model import DesiredState
 from .objects import Address, Endpoint, HostState, Key, Kind
 from .plan import Op, Plan, make_plan
@@ -97,8 +97,7 @@ def plan_for(
 def offline_live(live_state_file: Optional[str]) -> HostState:
     if not live_state_file:
         return HostState()
-    with open(live_state_file, encoding="utf-8") as f:
-        return load_state_json(f.read(), live_state_file)
+    return read_state_file(live_state_file)  # every problem with the file is a UserError
 
 
 @dataclass

@@ -2,11 +2,16 @@
 `ipvlanctl plan --offline --live-state FILE` reads back. Pure."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
+import os
+import re
+import stat
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import UserError
+from .errors import UserError, printable, printable_path
+from .manifest.yamlload import file_kind, open_error
 from .model import Flag, Mode
 from .objects import (
     CLASS_OF_KIND,
@@ -110,37 +115,163 @@ def _value(kind: Kind, name: str, v: Any) -> Any:
     return v
 
 
+_SIMPLE_TYPES = {
+    "str": (str,), "int": (int,), "bool": (bool,),
+    "Optional[str]": (str, type(None)), "Optional[int]": (int, type(None)),
+}
+
+
+def _check_types(where: str, cls: Any, values: Dict[str, Any]) -> None:
+    """Refuse a value of the wrong JSON type (a name that is a number...) here, with its
+    place, rather than as a traceback deep in the planner."""
+    for f in dataclasses.fields(cls):
+        want = _SIMPLE_TYPES.get(str(f.type))
+        if want is None or f.name not in values:
+            continue
+        v = values[f.name]
+        if not isinstance(v, want) or (bool not in want and isinstance(v, bool)):
+            raise _Malformed(f"{where}: {f.name} must be {' or '.join(_JSON_TYPE[t] for t in want)}, not {v!r:.60}")
+
+
+_JSON_TYPE = {str: "a string", int: "an integer", bool: "true or false", type(None): "null"}
+
+
+_INIT = re.compile(r"[\w.]*__init__[(][)] ")  # "Netns.__init__() got an unexpected keyword..."
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _obj(where: str, d: Any) -> Dict[str, Any]:
+    if not isinstance(d, dict):
+        raise _Malformed(f"{where} must be an object, not {type(d).__name__}")
+    return d
+
+
+def _list(where: str, d: Any) -> List[Any]:
+    if not isinstance(d, list):
+        raise _Malformed(f"{where} must be a list, not {type(d).__name__}")
+    return d
+
+
+def _key(where: str, d: Dict[str, Any], key: str) -> Any:
+    if key not in d:
+        raise _Malformed(f"{where} has no {key!r}")
+    return d[key]
+
+
+def read_state_file(path: str) -> HostState:
+    """``plan --offline --live-state FILE``: the file read and parsed; every problem is a
+    UserError naming the file and what is wrong (missing, a directory, not UTF-8, not JSON,
+    not a live state, a malformed entry)."""
+    name = printable_path(path)
+
+    def bad(what: str) -> UserError:
+        return UserError(f"{name}: --live-state: {what}")
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise bad(open_error(path, e)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise bad(f"{file_kind(st.st_mode)}, not a file (the JSON printed by `ipvlanctl status --format json`)")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            data = f.read(MAX_STATE_BYTES + 1)
+    except OSError as e:
+        raise bad(f"cannot read: {e.strerror or e}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > MAX_STATE_BYTES:
+        raise bad(f"larger than {MAX_STATE_BYTES // (1024 * 1024)} MiB: refused")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise bad(f"not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}): not the JSON printed by "
+                  "`ipvlanctl status --format json`") from None
+    return load_state_json(text, path)
+
+
+MAX_STATE_BYTES = 256 * 1024 * 1024
+
+
 def load_state_json(text: str, source: str = "<live-state>") -> HostState:
+    name = printable_path(source)
     try:
         data = json.loads(text)
     except ValueError as e:
-        raise UserError(f"{source}: not JSON: {e}")
+        raise UserError(f"{name}: not JSON: {e}")
+    except RecursionError:
+        raise UserError(f"{name}: not JSON: nested too deeply")
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{source}: not the output of `ipvlanctl status --format json` (format_version {FORMAT_VERSION})")
+        raise UserError(f"{name}: not the output of `ipvlanctl status --format json` (format_version {FORMAT_VERSION})")
     objs: List[KObject] = []
     try:
-        for d in data.get("objects", []):
-            kind = Kind[d["kind"].upper()]
-            cls = CLASS_OF_KIND[kind]
-            kwargs = {k: _value(kind, k, v) for k, v in d.items() if k != "kind"}
-            objs.append(cls(**kwargs))
-        host = data.get("host", {})
+        for i, d in enumerate(_list("objects", data.get("objects", []))):
+            where = f"objects[{i}]"
+            d = _obj(where, d)
+            label = _key(where, d, "kind")
+            try:
+                kind = Kind[str(label).upper()]
+                cls = CLASS_OF_KIND[kind]
+            except KeyError:
+                raise _Malformed(f"{where}: unknown kind {label!r:.60}") from None
+            where = f"{where} ({kind.label})"
+            _check_types(where, cls, d)
+            try:
+                kwargs = {k: _value(kind, k, v) for k, v in d.items() if k != "kind"}
+                objs.append(cls(**kwargs))
+            except TypeError as e:
+                raise _Malformed(f"{where}: {_INIT.sub('', str(e))}") from None
+            except ValueError as e:
+                raise _Malformed(f"{where}: {e}") from None
+        host = _obj("host", data.get("host", {}))
         links = {}
-        for l in host.get("links", []):
-            links[l["name"]] = HostLink(
-                name=l["name"], index=l["index"], kind=l.get("kind", ""), up=l.get("up", True),
-                owned=l.get("managed", False), vid=l.get("vlan_id"), link=l.get("link"),
-                addresses=tuple(ipaddress.ip_interface(a) for a in l.get("addresses", [])),
+        for i, l in enumerate(_list("host.links", host.get("links", []))):
+            where = f"host.links[{i}]"
+            l = _obj(where, l)
+            values = dict(
+                name=_key(where, l, "name"), index=_key(where, l, "index"), kind=l.get("kind", ""),
+                up=l.get("up", True), owned=l.get("managed", False), vid=l.get("vlan_id"), link=l.get("link"),
             )
+            _check_types(where, HostLink, values)
+            addresses = []
+            for a in _list(f"{where}.addresses", l.get("addresses", [])):
+                try:
+                    addresses.append(ipaddress.ip_interface(a))
+                except (TypeError, ValueError) as e:
+                    raise _Malformed(f"{where}.addresses: {e}") from None
+            links[values["name"]] = HostLink(addresses=tuple(addresses), **values)
+        routes = []
+        for r in _list("host.routes", host.get("routes", [])):
+            try:
+                routes.append(ipaddress.ip_network(r))
+            except (TypeError, ValueError) as e:
+                raise _Malformed(f"host.routes: {e}") from None
+        foreign_netns = _list("host.foreign_netns", host.get("foreign_netns", []))
+        if not all(isinstance(n, str) for n in foreign_netns):
+            raise _Malformed("host.foreign_netns must be a list of names")
+        foreign_links = {}
+        for i, f in enumerate(_list("host.foreign_links", host.get("foreign_links", []))):
+            where = f"host.foreign_links[{i}]"
+            f = _obj(where, f)
+            ns, ifname, kind_ = _key(where, f, "netns"), _key(where, f, "name"), _key(where, f, "kind")
+            if not all(isinstance(v, str) for v in (ns, ifname, kind_)):
+                raise _Malformed(f"{where}: netns, name and kind must be strings")
+            foreign_links[(ns, ifname)] = kind_
         facts = HostFacts(
             links=links,
-            routes=tuple(ipaddress.ip_network(r) for r in host.get("routes", [])),
-            foreign_netns=tuple(host.get("foreign_netns", [])),
-            foreign_links={(f["netns"], f["name"]): f["kind"] for f in host.get("foreign_links", [])},
-            ula_prefix=_ula_prefix(host.get("ula_prefix")),
+            routes=tuple(routes),
+            foreign_netns=tuple(foreign_netns),
+            foreign_links=foreign_links,
+            ula_prefix=_ula_prefix_field(host.get("ula_prefix")),
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{source}: malformed live state: {e}")
+    except _Malformed as e:
+        raise UserError(f"{name}: malformed live state: {printable(str(e))}") from None
     return HostState(objs, facts)
 
 
@@ -152,3 +283,10 @@ def _ula_prefix(v: Any) -> Optional[str]:
     if net.prefixlen != 48:
         raise ValueError(f"ula_prefix {v} is not a /48")
     return str(net)
+
+
+def _ula_prefix_field(v: Any) -> Optional[str]:
+    try:
+        return _ula_prefix(v)
+    except (TypeError, ValueError) as e:
+        raise _Malformed(f"host.ula_prefix: {e}") from None

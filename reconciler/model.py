@@ -68,7 +68,8 @@ class Location:
     col: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        # no position (a missing file, a directory): the file alone, never "file:0:0"
+        return f"{self.file}:{self.line}:{self.col}" if self.line > 0 else self.file
 
 
 NOWHERE = Location("<none>", 0, 0)

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ..manifest import is_manifest_name
-from ..manifest import manifest_files as _loader_manifest_files
+from ..manifest import read_bytes as _read_bytes
+from ..manifest import scan as _scan
 from . import logs
 
 K8S_DATA = "..data"
@@ -35,26 +36,30 @@ RELEVANT_EVENTS = ("created", "deleted", "moved", "modified", "closed")
 
 
 def manifest_files(paths: List[str]) -> Tuple[List[str], List[str]]:
-    """(manifest files in load order, paths that do not exist or cannot be read): the very
-    files the loader reads (one rule for what counts as a manifest)."""
-    files, problems = _loader_manifest_files(paths)
-    return files, [d.loc.file for d in problems]
+    """(manifest files in load order, paths that do not exist): the very files the loader
+    reads (one rule for what counts as a manifest). Other problems (a directory without
+    manifests, a dangling link inside one, a FIFO) are the loader's to report."""
+    s = _scan(paths)
+    return s.files, [d.loc.file for d in s.missing]
 
 
 def fingerprint(paths: List[str]) -> Tuple[str, List[str], List[str]]:
     """A digest of every manifest's name and content: equal digests load equally."""
-    files, missing = manifest_files(paths)
+    s = _scan(paths)
+    files, missing = s.files, [d.loc.file for d in s.missing]
     h = hashlib.sha256()
     for m in missing:
         h.update(b"missing\0" + m.encode("utf-8", "surrogateescape") + b"\0")
+    for d in s.problems:  # a dangling link appearing or going changes what a load says
+        h.update(b"problem\0" + f"{d.loc.file}\0{d.message}".encode("utf-8", "surrogateescape") + b"\0")
     for f in files:
         h.update(b"file\0" + f.encode("utf-8", "surrogateescape") + b"\0")
-        try:
-            with open(f, "rb") as fh:
-                data = fh.read()
+        # read as the loader reads: never blocking (a file swapped for a FIFO meanwhile)
+        data, failed = _read_bytes(f)
+        if data is not None:
             h.update(str(len(data)).encode() + b"\0" + data)
-        except OSError as e:
-            h.update(f"error {e.errno}\0".encode())
+        else:
+            h.update(f"error {failed[1][0].message}\0".encode("utf-8", "surrogateescape"))
     return h.hexdigest(), files, missing
 
 

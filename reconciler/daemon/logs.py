@@ -12,6 +12,8 @@ import logging
 import sys
 from typing import Any, Dict, Optional, TextIO
 
+from ..errors import printable
+
 LOGGER_NAME = "ipvlan-reconciler"
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -54,7 +56,7 @@ class JsonFormatter(logging.Formatter):
 
 def _text_value(v: Any) -> str:
     s = json.dumps(_jsonable(v), ensure_ascii=False) if not isinstance(v, str) else v
-    if s == "" or any(c in s for c in ' "=\n\t'):
+    if s == "" or any(c in s for c in ' "=\n\t') or printable(s) != s:  # escapes: JSON-quoted
         return json.dumps(s, ensure_ascii=False)
     return s
 

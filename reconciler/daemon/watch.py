@@ -26,8 +26,9 @@ Error classes (``classify``): a manifest that does not load changes nothing
 diagnostic is logged with file:line:col; permanent errors wait for an edit;
 temporary errors and bugs are retried with capped exponential backoff. The
 daemon never tears anything down on exit, on a broken manifest, or when a
-manifest directory disappears; only a directory emptied of manifests is a
-request to remove everything.
+manifest directory disappears or yields no manifest file (empty, only dangling
+links: an error, SPEC 3); only a manifest that declares nothing (`version: 1`
+alone) is a request to remove everything.
 """
 from __future__ import annotations
 
@@ -203,10 +204,16 @@ class Daemon:
             self.last_missing = []
         if digest == self.digest and not force:
             return False
-        from ..model import DesiredState
-
         try:
-            desired = self.load(self.paths) if files else DesiredState()
+            if not files:
+                # nothing to load (an empty directory, only dangling links, a mount not
+                # there yet) is an error, never "the desired state is empty" (SPEC 3):
+                # keep the last valid desired state; a manifest with `version: 1` alone
+                # empties the host on purpose
+                from ..manifest import no_manifest_error
+
+                raise no_manifest_error(self.paths)
+            desired = self.load(self.paths)
         except UserError as e:  # ManifestError and friends: permanent until an edit
             self.digest = digest
             self.manifest_invalid(e)
@@ -238,7 +245,8 @@ class Daemon:
             networks=len(desired.networks),
             vlans=len(desired.vlans),
             containers=len(desired.containers),
-            **({"note": "no manifests: everything the reconciler owns will be removed"} if not files else {}),
+            **({"note": "the manifests declare nothing: everything the reconciler owns will be removed"}
+               if not (desired.networks or desired.vlans or desired.containers) else {}),
         )
         return True
 
@@ -257,7 +265,7 @@ class Daemon:
             for d in diags:
                 loc = d.loc
                 logs.error(
-                    f"{loc}: {d.message}",
+                    _first_line(d.render()),  # sanitised: a file name cannot forge log lines
                     file=loc.file,
                     line=loc.line,
                     col=loc.col,

@@ -9,15 +9,22 @@ Three stages, each reporting every problem it finds with file:line:col:
 
 ``load(paths)`` returns the desired state or raises :class:`ManifestError` with
 all diagnostics. A path is a directory (every ``*.yaml``/``*.yml`` directly in
-it, sorted by name, hidden files ignored; not recursive) or a single file.
+it, sorted by name, hidden files ignored; not recursive) or a single file; ``-`` is
+standard input. A directory without any manifest file, a dangling or looping symlink,
+a FIFO named ``*.yaml`` are errors: an unloadable directory never means "remove
+everything" (SPEC section 3); emptying a host takes a manifest with `version: 1` alone.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import gc
 import hashlib
 import os
+import re
+import stat
+from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..errors import Diagnostic, ManifestError
@@ -29,7 +36,12 @@ from .yamlload import (  # noqa: F401  (re-exported)
     MAX_DEPTH,
     MAX_FILE_BYTES,
     MAX_NODES,
+    STDIN,
+    STDIN_NAME,
     Document,
+    file_kind,
+    open_error,
+    type_name,
     parse_bytes,
     read_bytes,
     read_file,
@@ -46,6 +58,9 @@ __all__ = [
     "parse_text",
     "load_texts",
     "manifest_files",
+    "scan",
+    "Scan",
+    "no_manifest_error",
     "is_manifest_name",
     "Document",
     "MAX_FILE_BYTES",
@@ -59,34 +74,111 @@ def is_manifest_name(name: str) -> bool:
     return not name.startswith(".") and name.endswith(MANIFEST_SUFFIXES)
 
 
-def manifest_files(paths: Sequence[str]) -> Tuple[List[str], List[Diagnostic]]:
-    """The files ``paths`` stand for, in load order, each once; and problems (missing paths)."""
+# names that look meant as manifests but are not read, for the hint of a directory without any
+_NEAR_MISS = re.compile(r"\.(ya?ml|json)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What manifest paths stand for: the files to load, in load order, each once; the
+    paths that do not exist (the daemon waits for them); and every other reason the paths
+    do not make a complete desired state (dangling or looping symlinks, FIFOs and other
+    non-regular files named ``*.yaml``, a directory without any manifest file)."""
+
+    files: List[str]
+    missing: List[Diagnostic]
+    problems: List[Diagnostic]
+
+
+def _no_manifest(directory: str, names: Sequence[str]) -> Diagnostic:
+    msg = (
+        "no manifest file in this directory (a manifest is a *.yaml or *.yml file, not hidden); "
+        "refusing to read that as \"remove everything\". To empty the host on purpose, give a "
+        "manifest that declares nothing: `version: 1`"
+    )
+    near = [n for n in names if _NEAR_MISS.search(n) and not is_manifest_name(n)]
+    if near:
+        shown = ", ".join(near[:5]) + (f" and {len(near) - 5} more" if len(near) > 5 else "")
+        msg += f". Not read: {shown} (names are case-sensitive; hidden files are skipped)"
+    return Diagnostic(Location(directory, 0, 0), msg)
+
+
+def scan(paths: Sequence[str]) -> Scan:
+    """The manifest files ``paths`` stand for (SPEC section 3): a directory yields every
+    regular ``*.yaml``/``*.yml`` file directly in it (symlinks followed), sorted by name,
+    hidden files ignored; a file stands for itself; ``-`` is standard input. A directory
+    that yields no manifest file is a problem, never an empty desired state."""
     files: List[str] = []
+    missing: List[Diagnostic] = []
     problems: List[Diagnostic] = []
     seen: Set[str] = set()
 
     def add(f: str) -> None:
-        real = os.path.realpath(f)
+        real = f if f == STDIN else os.path.realpath(f)
         if real not in seen:
             seen.add(real)
             files.append(f)
 
     for p in paths:
-        if os.path.isdir(p):
-            try:
-                names = sorted(os.listdir(p))
-            except OSError as e:
-                problems.append(Diagnostic(Location(p, 0, 0), f"cannot read directory: {e.strerror or e}"))
-                continue
-            for n in names:
-                f = os.path.join(p, n)
-                if is_manifest_name(n) and os.path.isfile(f):
-                    add(f)
-        elif os.path.exists(p):
+        if p == STDIN:
             add(p)
-        else:
-            problems.append(Diagnostic(Location(p, 0, 0), "no such file or directory"))
-    return files, problems
+            continue
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            d = Diagnostic(Location(p, 0, 0), open_error(p, e))
+            # a path (or the mount behind a symlink) that is not there yet: wait for it
+            (missing if e.errno == errno.ENOENT else problems).append(d)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            if stat.S_ISREG(st.st_mode):
+                add(p)
+            else:
+                problems.append(Diagnostic(
+                    Location(p, 0, 0), f"{file_kind(st.st_mode)}, not a manifest file (only regular files are read)"
+                ))
+            continue
+        try:
+            names = sorted(os.listdir(p))
+        except OSError as e:
+            problems.append(Diagnostic(Location(p, 0, 0), f"cannot read directory: {e.strerror or e}"))
+            continue
+        found = False
+        for n in names:
+            if not is_manifest_name(n):
+                continue
+            f = os.path.join(p, n)
+            try:
+                fst = os.stat(f)
+            except OSError as e:
+                problems.append(Diagnostic(Location(f, 0, 0), open_error(f, e)))
+                found = True
+                continue
+            found = True
+            if stat.S_ISREG(fst.st_mode):
+                add(f)
+            else:
+                problems.append(Diagnostic(
+                    Location(f, 0, 0), f"{file_kind(fst.st_mode)}, not a manifest file (only regular files are read)"
+                ))
+        if not found:
+            problems.append(_no_manifest(p, names))
+    return Scan(files, missing, problems)
+
+
+def manifest_files(paths: Sequence[str]) -> Tuple[List[str], List[Diagnostic]]:
+    """The files ``paths`` stand for, in load order, each once; and every problem (see scan)."""
+    s = scan(paths)
+    return s.files, s.missing + s.problems
+
+
+def no_manifest_error(paths: Sequence[str]) -> ManifestError:
+    """The error for manifest paths that yield no manifest file at all."""
+    s = scan(paths)
+    diags = s.missing + s.problems
+    if not diags:  # (the files appeared meanwhile)
+        diags = [Diagnostic(Location(p, 0, 0), "no manifest file") for p in paths]
+    return ManifestError(diags)
 
 
 class ParseCache:
@@ -108,7 +200,7 @@ class ParseCache:
         hit = self._files.get(path)
         if hit is not None and hit[0] == digest:
             return hit[1], list(hit[2])
-        doc, diags = parse_bytes(data, path)
+        doc, diags = parse_bytes(data, STDIN_NAME if path == STDIN else path)
         self._files[path] = (digest, doc, tuple(diags))
         self.parsed += 1
         return doc, diags
@@ -153,6 +245,20 @@ def check_documents(docs: Sequence[Document], diags: Iterable[Diagnostic] = ()) 
             bad[i] = {()}
             incomplete = True
             continue
+        if not (isinstance(doc.root, dict) and "version" in doc.root):
+            # not a manifest (a stray *.yaml, a symlink to some other file): say so once,
+            # and nothing from its content (its keys may be secrets)
+            if isinstance(doc.root, dict):
+                msg = "not a manifest: `version: 1` is missing (every manifest file starts with it)"
+            else:
+                msg = (
+                    "not a manifest: the file must be a mapping starting with `version: 1`, "
+                    f"not a {type_name(doc.root)}"
+                )
+            problems.append(Diagnostic(doc.loc(doc.root_pos), msg))
+            bad[i] = {()}
+            incomplete = True
+            continue
         d, where = _schema.diagnostics(doc)
         if d:
             problems.extend(d)
@@ -166,8 +272,34 @@ def check_documents(docs: Sequence[Document], diags: Iterable[Diagnostic] = ()) 
     if ula_prefix is not None:
         state = dataclasses.replace(state, ula_prefix=ula_prefix)
     if problems:
-        raise ManifestError(problems)
+        raise ManifestError(_unquote_non_manifests(docs, problems))
     return state
+
+
+_VERSION_LINE = re.compile(r"^version[ \t]*:", re.MULTILINE)
+
+
+def _quote_from(doc: Document) -> Optional[int]:
+    """The first line of ``doc`` that diagnostics may quote; None: no line at all. A file
+    that is not a manifest -- not a mapping with `version` (say a ``*.yaml`` symlink to
+    /etc/shadow) -- is never echoed to the terminal; in a file that does not parse, only
+    lines from its top-level `version:` on."""
+    if doc.ok:
+        return 1 if isinstance(doc.root, dict) and "version" in doc.root else None
+    m = _VERSION_LINE.search(doc.text)
+    return None if m is None else doc.text.count("\n", 0, m.start()) + 1
+
+
+def _unquote_non_manifests(docs: Sequence[Document], problems: List[Diagnostic]) -> List[Diagnostic]:
+    first = {doc.file: _quote_from(doc) for doc in docs}
+    out = []
+    for d in problems:
+        if d.source_line is not None and d.loc.file in first:
+            q = first[d.loc.file]
+            if q is None or d.loc.line < q:
+                d = dataclasses.replace(d, source_line=None)
+        out.append(d)
+    return out
 
 
 @contextlib.contextmanager
@@ -186,7 +318,7 @@ def _no_gc() -> Iterator[None]:
 def load(paths: Sequence[str], cache: Optional[ParseCache] = None) -> DesiredState:
     """All manifests of ``paths`` as one desired state; ManifestError lists every problem.
 
-    An empty directory is a valid, empty desired state. With a ``cache`` only files whose
+    A directory without any manifest file is an error, not an empty desired state. With a ``cache`` only files whose
     content changed since the cache last saw them are parsed again."""
     if isinstance(paths, (str, bytes, os.PathLike)):
         paths = [os.fsdecode(paths)]

@@ -30,16 +30,19 @@ given explicitly in the mapping win over merged ones.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
+import stat
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ruamel.yaml import events as _ev
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from ..errors import Diagnostic
+from ..errors import Diagnostic, printable  # noqa: F401  (printable: re-exported)
 from ..model import Location
 
 # libyaml through ruamel.yaml.clib (module ``_ruamel_yaml``), ~10x faster than ruamel's pure-Python
@@ -146,17 +149,6 @@ class Document:
             printable(message),
             None if src is None else printable(src),
         )
-
-
-# Control characters (and Unicode line separators) from a hostile file must not reach the
-# terminal (escape sequences) or split a diagnostic into several lines; one replacement
-# character each keeps the caret under the right column.
-_UNPRINTABLE = {c: "\ufffd" for c in list(range(0, 9)) + list(range(10, 32)) + list(range(127, 160)) + [0x2028, 0x2029]}
-
-
-def printable(text: str) -> str:
-    """text with control characters replaced (tabs kept)."""
-    return text.translate(_UNPRINTABLE)
 
 
 # ---- scalar resolution (YAML 1.2 core schema) ----------------------------------------------
@@ -586,23 +578,82 @@ def parse_text(
     return doc, diags
 
 
+STDIN = "-"  # the path that stands for standard input
+STDIN_NAME = "<stdin>"  # how locations name it
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a regular file"
+
+
+def open_error(path: str, e: OSError) -> str:
+    """Why ``path`` cannot be opened, in words that say what to fix: a dangling symlink
+    names its target, a symlink loop is called a loop (not "no such file")."""
+    if e.errno == errno.ELOOP:
+        return "symlink loop: too many levels of symbolic links"
+    if e.errno == errno.ENOENT and os.path.islink(path):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"dangling symlink: its target {target} does not exist"
+    if e.errno == errno.ENOENT:
+        return "no such file or directory"
+    return f"cannot read: {e.strerror or e}"
+
+
 def read_bytes(path: str) -> Tuple[Optional[bytes], Optional[Tuple[Document, List[Diagnostic]]]]:
-    """One manifest file's bytes (at most MAX_FILE_BYTES + 1 are read), or the error result."""
+    """One manifest file's bytes (at most MAX_FILE_BYTES + 1 are read), or the error result.
+
+    Only regular files are read: opened without blocking and checked with fstat, so a FIFO
+    or a device named ``*.yaml`` is refused instead of hanging the loader. ``-`` is
+    standard input (named ``<stdin>`` in locations)."""
+
+    def failed(message: str):
+        name = STDIN_NAME if path == STDIN else path
+        return None, (Document(name, "", ok=False), [Diagnostic(Location(name, 0, 0), message)])
+
+    if path == STDIN:
+        try:
+            return sys.stdin.buffer.read(MAX_FILE_BYTES + 1), None
+        except (OSError, AttributeError, ValueError) as e:
+            return failed(f"cannot read standard input: {getattr(e, 'strerror', None) or e}")
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        return failed(open_error(path, e))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return failed(f"{file_kind(st.st_mode)}, not a manifest file (only regular files are read)")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
             return f.read(MAX_FILE_BYTES + 1), None
     except OSError as e:
-        d = Document(path, "", ok=False)
-        return None, (d, [Diagnostic(Location(path, 0, 0), f"cannot read: {e.strerror or e}")])
+        return failed(f"cannot read: {e.strerror or e}")
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def read_file(path: str) -> Tuple[Document, List[Diagnostic]]:
-    """Read and parse one manifest file."""
+    """Read and parse one manifest file (``-``: standard input)."""
     data, failed = read_bytes(path)
     if data is None:
         assert failed is not None
         return failed
-    return parse_bytes(data, path)
+    return parse_bytes(data, STDIN_NAME if path == STDIN else path)
 
 
 # ---- positions of values --------------------------------------------------------------------

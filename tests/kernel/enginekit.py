@@ -72,8 +72,10 @@ class Reconciler:
         os.unlink(os.path.join(self.dir, filename))
 
     def clear(self) -> None:
+        """Leave one manifest that declares nothing (an empty directory is an error, SPEC 3)."""
         for f in os.listdir(self.dir):
             os.unlink(os.path.join(self.dir, f))
+        self.write("empty.yaml", "version: 1\n")
 
     def cli(self, *args: str, paths: Optional[List[str]] = None) -> subprocess.CompletedProcess:
         """Run ipvlanctl in this process (a fresh interpreter per call costs seconds under
@@ -112,9 +114,11 @@ class Reconciler:
         return self.cli("plan", *extra, paths=paths)
 
     def teardown(self) -> None:
-        """Remove everything this reconciler owns: apply an empty directory."""
+        """Remove everything this reconciler owns: apply a manifest that declares nothing."""
         empty = os.path.join(os.path.dirname(self.dir), "empty-" + os.path.basename(self.dir))
         os.makedirs(empty, exist_ok=True)
+        with open(os.path.join(empty, "empty.yaml"), "w") as f:
+            f.write("version: 1\n")
         p = self.cli("apply", paths=[empty])
         if p.returncode not in (0, 3):
             raise AssertionError(f"teardown apply failed:\n{p.stdout}\n{p.stderr}")

@@ -242,6 +242,8 @@ class Daemon:
             self.stop()
         empty = str(self.tmp / "empty")
         os.makedirs(empty, exist_ok=True)
+        with open(os.path.join(empty, "empty.yaml"), "w") as f:
+            f.write("version: 1\n")  # declares nothing (an empty directory is an error)
         p = self.cli("apply", empty, "--state-dir", self.state)
         assert p.returncode in (0, 3), f"teardown apply failed:\n{p.stdout}\n{p.stderr}"
 
@@ -329,8 +331,8 @@ def test_manifest_edits_converge(daemon):
     recs = [r for r in daemon.logs() if r["msg"].startswith("reconciled")]
     assert recs[0]["trigger"] == "start" and recs[0]["namespaces_reused"] == 0
     assert any(r["trigger"].startswith("file") and r["namespaces_reused"] >= 1 for r in recs), recs
-    # emptying the directory on purpose removes everything the reconciler owns
-    t = daemon.remove("a.yaml")
+    # emptying on purpose (a manifest that declares nothing) removes everything we own
+    t = daemon.write("a.yaml", "version: 1\n")
     latency("empty directory", wait_for(
         "everything removed", lambda: "dc1" not in netns_names() and "eth0.20" not in host_links(), since=t))
     assert daemon.alive()

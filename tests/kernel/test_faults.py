@@ -275,6 +275,8 @@ def rec(tmp_path):
     yield r
     empty = os.path.join(str(tmp_path), "teardown-empty")
     os.makedirs(empty, exist_ok=True)
+    with open(os.path.join(empty, "empty.yaml"), "w") as f:
+        f.write("version: 1\n")  # declares nothing (an empty directory is an error)
     code, out, err = cli_inproc("apply", empty, "--state-dir", r.state)
     assert code in (0, 3), out + err
 
@@ -284,9 +286,8 @@ def _dirs(rec: Reconciler, tmp_path) -> Dict[str, str]:
     for name, text in (("A", MIXED_A), ("B", MIXED_B), ("E", None)):
         d = os.path.join(str(tmp_path), f"m{name}")
         os.makedirs(d, exist_ok=True)
-        if text:
-            with open(os.path.join(d, "m.yaml"), "w") as f:
-                f.write(text)
+        with open(os.path.join(d, "m.yaml"), "w") as f:
+            f.write(text or "version: 1\n")  # E: declares nothing
         out[name] = d
     return out
 

@@ -346,6 +346,27 @@ def test_text_logs_with_fields():
     assert "hidden" not in out
 
 
+def test_text_logs_of_a_hostile_file_name_are_one_printable_line(tmp_path):
+    """A manifest named with an escape sequence and a newline neither reaches the terminal
+    raw nor forges a second log line."""
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "\x1b[31mx.yaml").write_text("version: 1\nnetworks: [\n")  # (a log field without spaces)
+    (d / "y\nERROR forged.yaml").write_text("version: 1\nnetworks: [\n")
+    buf = io.StringIO()
+    logs.setup("text", "info", stream=buf)
+    try:
+        daemon = Daemon([str(d)], str(tmp_path / "state"), status_file=str(tmp_path / "status.json"),
+                        apply_fn=lambda *a, **k: outcome(), kernel_factory=lambda: None,
+                        notifier=FakeNotifier(), clock=FakeClock())
+        assert not daemon.reload()
+    finally:
+        logs.setup("text", "info")
+    out = buf.getvalue()
+    assert "\x1b" not in out and not any(line.startswith("ERROR forged") for line in out.splitlines()), out
+    assert "YAML syntax error" in out
+
+
 # --- manifest files and the watcher ---------------------------------------------------------------
 def test_manifest_names():
     for ok in ("a.yaml", "net.yml", "10-base.yaml"):
@@ -366,6 +387,25 @@ def test_fingerprint_changes_with_content_only(tmp_path):
     (d / "a.yaml").write_text("version: 1\nnetworks: {}\n")
     assert fingerprint([str(d)])[0] != d1
     assert manifest_files([str(tmp_path / "gone")]) == ([], [str(tmp_path / "gone")])
+
+
+def test_fingerprint_never_blocks_on_a_fifo(tmp_path, monkeypatch):
+    """A manifest swapped for a FIFO between listing and reading must not hang the daemon."""
+    from reconciler.daemon import fswatch
+    from reconciler.manifest import Scan
+
+    fifo = tmp_path / "x.yaml"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(fswatch, "_scan", lambda paths: Scan([str(fifo)], [], []))
+    done = []
+    t = threading.Thread(target=lambda: done.append(fingerprint([str(tmp_path)])), daemon=True)
+    t.start()
+    t.join(10)
+    if not done:
+        open(fifo, "wb").close()  # unblock the reader (a writer appears and goes)
+        t.join(10)
+        pytest.fail("fingerprint blocked reading a FIFO")
+    assert done[0][1] == [str(fifo)]
 
 
 def _k8s_layout(root, version, files):
@@ -701,12 +741,30 @@ def test_loop_applies_then_repairs_drift_then_keeps_state_on_broken_manifest(tmp
     assert h.status()["manifest"]["valid"] is True
 
 
-def test_loop_empty_directory_means_remove_everything_missing_means_keep(tmp_path, quiet_logs):
+def test_loop_empty_directory_keeps_the_last_state_missing_means_keep(tmp_path, quiet_logs):
     h = Harness(tmp_path, {"a.yaml": "c1"})
     h.step("start")
+    n = len(h.applied)
+    for emptied in ("nothing", "only x.YAML", "only a dangling link"):
+        os.unlink(h.dir / "a.yaml")
+        if emptied == "only x.YAML":
+            (h.dir / "x.YAML").write_text("version: 1\n")
+        if emptied == "only a dangling link":
+            os.unlink(h.dir / "x.YAML")
+            os.symlink(tmp_path / "gone.yaml", h.dir / "a.yaml")
+        h.step("file", immediate=False)
+        # an emptied directory is an error (SPEC 3), never "remove everything"
+        assert len(h.applied) == n, emptied
+        st = h.status()
+        assert st["manifest"]["valid"] is False, emptied
+        assert "no manifest file" in st["manifest"]["errors"][0] or "dangling" in st["manifest"]["errors"][0]
+        h.step("netlink", immediate=False)  # drift repair still enforces the last state
+        n += 1
+        assert len(h.applied) == n and set(h.applied[-1].containers) == {"c1"}
+        if emptied != "only a dangling link":
+            (h.dir / "a.yaml").write_text("c1")
+    assert "dangling symlink" in h.status()["manifest"]["errors"][0]
     os.unlink(h.dir / "a.yaml")
-    h.step("file", immediate=False)
-    assert h.applied[-1] == DesiredState()  # deliberately emptied: remove everything
     (h.dir / "a.yaml").write_text("c1")
     h.step("file", immediate=False)
     n = len(h.applied)
@@ -717,6 +775,26 @@ def test_loop_empty_directory_means_remove_everything_missing_means_keep(tmp_pat
     assert st["manifest"]["missing"] == [str(h.dir)]
     h.step("netlink", immediate=False)  # drift repair still enforces the last state
     assert set(h.applied[-1].containers) == {"c1"}
+
+
+def test_loop_a_manifest_that_declares_nothing_empties_the_host(tmp_path, quiet_logs):
+    """With the real loader: `version: 1` alone is the way to remove everything."""
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "a.yaml").write_text("version: 1\ncontainers:\n  c1: {}\n")
+    applied = []
+    daemon = Daemon(
+        [str(d)], str(tmp_path / "state"), status_file=str(tmp_path / "status.json"), debounce=0.5,
+        resync_interval=60, apply_fn=lambda desired, *a, **k: applied.append(desired) or outcome(),
+        kernel_factory=lambda: None, notifier=FakeNotifier(), clock=FakeClock(),
+    )
+    assert daemon.reload() and set(daemon.desired.containers) == {"c1"}
+    (d / "a.yaml").unlink()
+    assert not daemon.reload()  # an empty directory: an error, the last state stays
+    assert set(daemon.desired.containers) == {"c1"} and daemon.status.manifest_valid is False
+    (d / "a.yaml").write_text("version: 1\n")
+    assert daemon.reload() and daemon.desired == DesiredState()
+    assert daemon.status.manifest_valid is True
 
 
 def test_loop_retries_temporary_errors_with_backoff_and_waits_on_permanent(tmp_path, quiet_logs):

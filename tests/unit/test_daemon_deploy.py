@@ -117,6 +117,9 @@ def _plan_sh(args, env_extra=None):
 def test_ci_plan_script_exit_codes(tmp_path):
     m = tmp_path / "manifests.d"
     m.mkdir()
+    p = _plan_sh([str(m)])  # an empty directory is an error, never "remove everything"
+    assert p.returncode == 1 and "no manifest file" in p.stderr, p.stdout + p.stderr
+    (m / "00-empty.yaml").write_text("version: 1\n")  # declares nothing, on purpose
     p = _plan_sh([str(m)])
     assert p.returncode == 0 and "No changes" in p.stdout, p.stdout + p.stderr
     (m / "a.yaml").write_text(

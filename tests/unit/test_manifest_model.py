@@ -215,9 +215,16 @@ def test_subnet_family_field_is_additive():
     assert Subnet(cidr=ipaddress.ip_network("2001:db8::/64")).version == 6
 
 
-def test_empty_directory_is_an_empty_state(tmp_path):
+def test_empty_directory_is_an_error_a_manifest_declaring_nothing_is_an_empty_state(tmp_path):
+    from reconciler.errors import ManifestError
     from reconciler.manifest import load
 
+    # SPEC 3: a directory that yields no manifest could destroy every container: an error
+    with pytest.raises(ManifestError) as ei:
+        load([str(tmp_path)])
+    assert [str(d.loc) for d in ei.value.diagnostics] == [str(tmp_path)]
+    assert "no manifest file" in ei.value.diagnostics[0].message
+    (tmp_path / "empty.yaml").write_text("version: 1\n")
     state = load([str(tmp_path)])
     assert state.networks == {} and state.vlans == {} and state.containers == {}
 
