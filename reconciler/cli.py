@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="with --offline: the JSON printed by `ipvlanctl status --format json` on a host",
     )
+    p.add_argument(
+        "-o",
+        "--out",
+        metavar="FILE",
+        help="also save the plan to FILE, with fingerprints of the manifests and of the host; "
+        "`ipvlanctl apply FILE` applies exactly it, or refuses if either changed "
+        "(docs/saved-plans.md; not with --offline)",
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
@@ -87,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="converge the host to the manifests (one shot)",
         description="Validate, observe, plan, apply the plan under an exclusive lock, then "
         "verify. Exit 0 converged, 1 error, 3 converged except objects pending on a missing "
-        "parent.",
+        "parent. Given a FILE saved by `plan -o FILE`, apply exactly that plan, or refuse "
+        "(exit 1, nothing changed) if the manifests or the host changed since.",
     )
     _paths_arg(p)
     _state_dir_arg(p)
@@ -188,6 +197,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .render import render_json, render_text
     from .state import StateStore
 
+    out_file = getattr(args, "out", None)
+    if out_file:
+        from . import savedplan
+
+        if args.offline:
+            raise ReconcilerError("-o/--out needs the host: a saved plan is checked against the live "
+                                  "state it was computed on, and --offline does not read it")
+        files = savedplan.manifest_digests(args.paths)
     desired = _load(args.paths)
     store = StateStore(args.state_dir)
     if args.live_state and not args.offline:
@@ -202,7 +219,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
             live, _ = engine.observe_host(kernel, state.intents)
             planned = engine.plan_for(desired, live, state)
     plan = planned.plan
+    if out_file:
+        savedplan.save(out_file, args.paths, files, desired, live, state, plan, args.state_dir)
     sys.stdout.write(render_json(plan) if args.format == "json" else render_text(plan))
+    if out_file:
+        print(f"\nSaved the plan to {out_file}. `ipvlanctl apply {out_file}` applies exactly it, "
+              "and refuses if the manifests or the host change before.",
+              file=sys.stderr if args.format == "json" else sys.stdout)
     if args.detailed_exitcode:
         return 0 if plan.empty else 2
     return 0
@@ -273,10 +296,18 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .render import render_text
     from .state import StateStore
 
-    desired = _load(args.paths)
+    from .savedplan import prepare_apply
+
+    check = None
+    saved = prepare_apply(args.paths, args.state_dir, _load)  # a plan saved by `plan -o`?
+    if saved is not None:
+        desired, check = saved
+    else:
+        desired = _load(args.paths)
     store = StateStore(args.state_dir)
     with _kernel() as kernel:
-        out = engine.apply(desired, store, kernel, rollback=args.rollback, lock_timeout=args.lock_timeout)
+        out = engine.apply(desired, store, kernel, rollback=args.rollback, lock_timeout=args.lock_timeout,
+                           check=check)
     if args.format == "json":
         sys.stdout.write(json.dumps(_result_json(out), indent=2) + "\n")
     else:
