@@ -299,7 +299,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .savedplan import prepare_apply
 
     check = None
-    saved = prepare_apply(args.paths, args.state_dir, _load)  # a plan saved by `plan -o`?
+    # a plan saved by `plan -o`? (``host``: the fleet host it was made for, None if none)
+    saved = prepare_apply(args.paths, args.state_dir, lambda paths, host: _load(paths))
     if saved is not None:
         desired, check = saved
     else:

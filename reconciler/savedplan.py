@@ -242,7 +242,7 @@ def build(
             "files": list(files),
             "sha256": _sha256(_canonical(list(files))),
         },
-        "state_dir": os.path.abspath(state_dir),
+        "state_dir": os.path.realpath(state_dir),
         "host": {
             "hostname": socket.gethostname(),
             "machine_id_sha256": machine_hash(machine_id),
@@ -349,10 +349,10 @@ def _stale(saved: SavedPlan, what: str, lines: Sequence[str], limit: int = 20) -
 
 def check_context(saved: SavedPlan, state_dir: str, machine_id: str) -> None:
     """Refuse a plan saved for another state directory or another machine."""
-    if os.path.abspath(state_dir) != saved.state_dir:
+    if os.path.realpath(state_dir) != saved.state_dir:
         raise UserError(
             f"{saved.path}: the plan was made with --state-dir {saved.state_dir}; apply it with the "
-            f"same --state-dir (this run uses {os.path.abspath(state_dir)})"
+            f"same --state-dir (this run uses {os.path.realpath(state_dir)})"
         )
     if machine_hash(machine_id) != saved.data["host"]["machine_id_sha256"]:
         raise _stale(saved, "the host", [f"this is not the machine the plan was made on "
@@ -424,11 +424,16 @@ def find(paths: Sequence[str]) -> Optional[SavedPlan]:
     return None
 
 
-def prepare_apply(paths: Sequence[str], state_dir: str, load: Callable[[Sequence[str]], DesiredState]):
+def prepare_apply(
+    paths: Sequence[str], state_dir: str, load: Callable[[Sequence[str], Optional[str]], DesiredState]
+):
     """``apply PATH...``: None when the paths are manifests. For a saved plan: its context
-    (state directory, machine) and manifests are checked, the manifests loaded with ``load``,
-    and (desired, check) returned -- ``check`` is ``engine.apply``'s hook that compares the
-    host and the new plan with the saved ones under the lock, before anything is written."""
+    (state directory, machine) and manifests are checked, the manifests loaded with
+    ``load(paths, host)`` -- ``host`` is the fleet host the plan was made for
+    (``DesiredState.local_host``, None for a single-host manifest), which ``load`` must narrow
+    to as ``plan --host`` did -- and (desired, check) returned. ``check`` is ``engine.apply``'s
+    hook that compares the host and the new plan with the saved ones under the lock, before
+    anything is written."""
     from .engine import machine_id
 
     saved = find(paths)
@@ -437,7 +442,7 @@ def prepare_apply(paths: Sequence[str], state_dir: str, load: Callable[[Sequence
     check_context(saved, state_dir, machine_id())
     mpaths = saved.manifest_paths
     check_manifests(saved, manifest_digests(mpaths), None)
-    desired = load(mpaths)
+    desired = load(mpaths, saved.local_host)
     check_manifests(saved, manifest_digests(mpaths), desired)  # changed while loading?
 
     def check(live: HostState, state: State, planned) -> None:

@@ -304,3 +304,29 @@ def test_live_fingerprint_ignores_ifindex_and_host_link_up_only():
     assert digest(objects=(ns,)) != base
     assert digest(objects=(ns, Address("a", "eth0", ia.ip_interface("192.168.20.3/24")))) != base
     assert digest(state=State(intents=((Kind.NETNS, "a"),))) != base
+
+
+def test_fleet_host_is_passed_to_load_and_must_match(site):
+    """A fleet plan made with --host h1 is loaded for h1 again; a desired state narrowed to
+    another host (or none) is refused."""
+    from reconciler.model import DesiredState
+
+    files = savedplan.manifest_digests([site["dir"]])
+    live = HostState(facts=HostFacts(links={"eth0": eth0()}))
+    empty = engine.plan_for(DesiredState(), live, State()).plan
+    data = savedplan.build([site["dir"]], files, DesiredState(local_host="h1"), live, State(), empty,
+                           site["state"], engine.machine_id())
+    savedplan.write(site["file"], data)
+    seen = []
+
+    def load(paths, host):
+        seen.append((list(paths), host))
+        return DesiredState(local_host=None)
+
+    with pytest.raises(UserError, match="made for host 'h1', this run is for None"):
+        savedplan.prepare_apply([site["file"]], site["state"], load)
+    assert seen == [([os.path.abspath(site["dir"])], "h1")]
+    desired, check = savedplan.prepare_apply([site["file"]], site["state"],
+                                             lambda p, h: DesiredState(local_host=h))
+    assert desired.local_host == "h1"
+    check(live, State(), engine.Planned(plan=empty, resolved=desired, allocations=State().allocations))
