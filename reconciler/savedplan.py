@@ -21,6 +21,7 @@ plan file; the kernel is read by the engine.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import socket
@@ -101,12 +102,34 @@ def manifests_changes(saved: Sequence[Dict[str, str]], now: Sequence[Dict[str, s
 # ---- the host ----------------------------------------------------------------------------
 
 
-def _object_view(o: KObject) -> Dict[str, Any]:
-    from dataclasses import fields
+_LONG = 128
 
-    d = {f.name: jsonable(getattr(o, f.name)) for f in fields(o)}
+
+def _object_view(o: KObject) -> Dict[str, Any]:
+    """An object's attributes; a long text (a hosts file's content: every container of its
+    networks, so all of them together grow with the square of the containers) by its digest."""
+    names = _FIELDS.get(type(o))
+    if names is None:
+        from dataclasses import fields
+
+        names = _FIELDS[type(o)] = tuple(f.name for f in fields(o))
+    d = {}
+    for name in names:
+        v = getattr(o, name)
+        t = type(v)
+        if t not in _PLAIN:
+            v = str(v) if t in _IPTYPES else jsonable(v)
+        if type(v) is str and len(v) > _LONG:
+            v = "sha256:" + _sha256(v.encode("utf-8", "surrogateescape"))
+        d[name] = v
     d["owned"] = getattr(o, "owned", True)
     return d
+
+
+_FIELDS: Dict[type, Tuple[str, ...]] = {}
+_PLAIN = (str, int, bool, type(None))
+_IPTYPES = (ipaddress.IPv4Interface, ipaddress.IPv6Interface, ipaddress.IPv4Network, ipaddress.IPv6Network,
+            ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 
 def live_view(live: HostState, state: State) -> Dict[str, Any]:
@@ -251,12 +274,22 @@ def build(
         "live": {"sha256": view_digest(view), "view": view},
         "plan": jsonable(plan_json(plan)),
     }
-    body["sha256"] = _sha256(_canonical(body))
+    body["sha256"] = _body_digest(body)
     return body
 
 
+def _body_digest(data: Dict[str, Any]) -> str:
+    """The digest of a saved plan: every key but itself, the live view by its own digest
+    (checked when it is shown), so the view, most of a large file, is encoded once."""
+    body = {k: v for k, v in data.items() if k != "sha256"}
+    body["live"] = {"sha256": data["live"]["sha256"]}
+    return _sha256(_canonical(body))
+
+
 def dumps(data: Dict[str, Any]) -> str:
-    return json.dumps(data, sort_keys=True, indent=1) + "\n"
+    # one line: json's C encoder is not used with indent, and the file can be large (read it
+    # with `jq .plan.changes FILE`)
+    return json.dumps(data, sort_keys=True) + "\n"
 
 
 def write(path: str, data: Dict[str, Any]) -> None:
@@ -306,10 +339,8 @@ def parse(path: str, data: Dict[str, Any]) -> SavedPlan:
             f"{path}: saved plan format {data.get('format')!r} is not supported (this ipvlanctl "
             f"{__version__} reads {FORMAT!r}); make the plan again with this version"
         )
-    body = {k: v for k, v in data.items() if k != "sha256"}
     try:
-        ok = data.get("sha256") == _sha256(_canonical(body))
-        ok = ok and data["live"]["sha256"] == view_digest(data["live"]["view"])
+        ok = data.get("sha256") == _body_digest(data) and isinstance(data["live"]["view"], dict)
         ok = ok and data["manifests"]["sha256"] == _sha256(_canonical(data["manifests"]["files"]))
         for k in ("paths",):
             if not isinstance(data["manifests"][k], list):
@@ -371,7 +402,12 @@ def check_manifests(saved: SavedPlan, files: Sequence[Dict[str, str]], desired: 
 def check_host(saved: SavedPlan, live: HostState, state: State) -> None:
     view = live_view(live, state)
     if view_digest(view) != saved.data["live"]["sha256"]:
-        raise _stale(saved, "the host", host_changes(saved.data["live"]["view"], view))
+        old = saved.data["live"]["view"]
+        if view_digest(old) != saved.data["live"]["sha256"]:
+            raise UserError(f"{saved.path}: the saved plan is corrupt or was edited (its live view "
+                            "does not match its digest), and the host differs from what it was "
+                            "planned on; make the plan again with `ipvlanctl plan -o`")
+        raise _stale(saved, "the host", host_changes(old, view))
 
 
 def check_plan(saved: SavedPlan, plan: Plan) -> None:
