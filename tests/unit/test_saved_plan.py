@@ -211,6 +211,41 @@ def test_tampered_file_is_refused(host, site):
     assert host.executed == []
 
 
+@pytest.mark.parametrize("edit", ["live view", "live digest", "manifest digest", "state dir"])
+def test_any_edit_of_the_fingerprints_is_refused(host, site, edit):
+    assert plan_o(site)[0] == 0
+    data = json.load(open(site["file"]))
+    if edit == "live view":
+        data["live"]["view"]["foreign_netns"].append("x")
+    elif edit == "live digest":
+        data["live"]["sha256"] = "0" * 64
+    elif edit == "manifest digest":
+        data["manifests"]["files"][0]["sha256"] = "0" * 64
+    else:
+        data["state_dir"] = "/elsewhere"
+    with open(site["file"], "w") as f:
+        json.dump(data, f)
+    rc, _, err = apply_file(site)
+    assert rc == 1 and "corrupt or was edited" in err
+    assert host.executed == []
+
+
+def test_hosts_file_edited_by_hand_is_refused(host, site):
+    """A hosts file's content enters the fingerprint by its digest: a changed line counts."""
+    assert apply_file_direct(site)[0] == 0
+    assert plan_o(site)[0] == 0
+    key = next(k for k in host.objects if k[0] is Kind.HOSTS)
+    h = host.objects[key]
+    assert len(h.content) > savedplan._LONG  # stored by digest, not as text
+    host.objects[key] = type(h)(ns=h.ns, content=h.content.replace("192.168.20.10", "192.168.20.99"))
+    rc, _, err = apply_file(site)
+    assert rc == 1 and f"hosts {key[1]} changed (content)" in err
+
+
+def apply_file_direct(site):
+    return cli("apply", site["dir"], "--state-dir", site["state"])
+
+
 def test_truncated_file_is_not_taken_for_a_plan_and_fails_cleanly(host, site):
     assert plan_o(site)[0] == 0
     raw = open(site["file"]).read()
