@@ -26,7 +26,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import __version__
 from .errors import UserError
@@ -112,7 +112,8 @@ def _object_view(o: KObject) -> Dict[str, Any]:
     if names is None:
         from dataclasses import fields
 
-        names = _FIELDS[type(o)] = tuple(f.name for f in fields(o))
+        # the fields objects are compared on (what the planner diffs), and who owns them
+        names = _FIELDS[type(o)] = tuple(f.name for f in fields(o) if f.compare and f.name != "owned")
     d = {}
     for name in names:
         v = getattr(o, name)
@@ -141,29 +142,45 @@ def live_view(live: HostState, state: State) -> Dict[str, Any]:
     manage -- nothing in compile, IPAM or the planner reads them, and the executor resolves
     every name to an index from its own observation at apply time, so a link recreated
     with the same name, kind and addresses does not make a reviewed plan wrong."""
+    from dataclasses import fields
+
     facts = live.facts
     objects = {describe_key(k): _object_view(o) for k, o in live.objects.items()}
-    links = {
-        l.name: {
-            "kind": l.kind,
-            "managed": l.owned,
-            "vlan_id": l.vid,
-            "link": l.link,
-            "addresses": sorted(str(a) for a in l.addresses),
-        }
-        for l in facts.links.values()
-    }
-    return {
+    links = {}
+    for l in facts.links.values():
+        d = {}
+        for f in fields(l):
+            if f.name in _LINK_IGNORED:
+                continue
+            v = jsonable(getattr(l, f.name))
+            d[f.name] = sorted(v, key=str) if isinstance(v, list) else v
+        links[l.name] = d
+    view: Dict[str, Any] = {
         "objects": objects,
         "links": links,
-        "routes": sorted(str(r) for r in facts.routes),
-        "foreign_netns": sorted(facts.foreign_netns),
-        "foreign_links": sorted(f"{ns}/{name} ({kind})" for (ns, name), kind in facts.foreign_links.items()),
         "state": {
             "allocations": state.allocations.to_json(),
             "intents": sorted(key_to_json(k) for k in state.intents),
         },
     }
+    # the other facts (routes, foreign namespaces and links, and any added later), as sorted lists
+    for f in fields(facts):
+        if f.name == "links":
+            continue
+        v = getattr(facts, f.name)
+        if f.name == "foreign_links":
+            items = [f"{ns}/{name} ({kind})" for (ns, name), kind in v.items()]
+        elif isinstance(v, Mapping):
+            items = [json.dumps(jsonable([k, x]), sort_keys=True) for k, x in v.items()]
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            items = [x if isinstance(x, str) else json.dumps(jsonable(x), sort_keys=True) for x in v]
+        else:
+            items = [json.dumps(jsonable(v), sort_keys=True)]
+        view[f.name] = sorted(items)
+    return view
+
+
+_LINK_IGNORED = ("index", "up")  # not read by compile, IPAM or the planner (see live_view)
 
 
 def view_digest(view: Dict[str, Any]) -> str:
@@ -198,6 +215,9 @@ def host_changes(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
         elif sl[name] != nl[name]:
             fields_ = sorted(f for f in set(sl[name]) | set(nl[name]) if sl[name].get(f) != nl[name].get(f))
             out.append(f"host link {name} changed ({', '.join(fields_)})")
+    known = {"objects", "links", "state", "routes", "foreign_netns", "foreign_links"}
+    for k in sorted((set(saved) | set(now)) - known):
+        out += _describe_set_change(k.replace("_", " ") + " {}", saved.get(k, []), now.get(k, []))
     out += _describe_set_change("host route {}", saved.get("routes", []), now.get("routes", []))
     out += _describe_set_change("namespace {} (not managed by ipvlan-reconciler)", saved.get("foreign_netns", []),
                                 now.get("foreign_netns", []))
@@ -369,7 +389,9 @@ class StalePlan(UserError):
 
 
 def _stale(saved: SavedPlan, what: str, lines: Sequence[str], limit: int = 20) -> StalePlan:
-    shown = [f"  {l}" for l in lines[:limit]]
+    from .manifest.yamlload import printable  # names from the host may hold control characters
+
+    shown = [f"  {printable(l)}" for l in lines[:limit]]
     if len(lines) > limit:
         shown.append(f"  ... and {len(lines) - limit} more")
     return StalePlan(

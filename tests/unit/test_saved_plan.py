@@ -340,6 +340,14 @@ def test_live_fingerprint_ignores_ifindex_and_host_link_up_only():
     assert digest(objects=(ns, Address("a", "eth0", ia.ip_interface("192.168.20.3/24")))) != base
     assert digest(state=State(intents=((Kind.NETNS, "a"),))) != base
 
+    def with_facts(**kw):
+        facts = HostFacts(links={"eth0": eth0()}, **kw)
+        return savedplan.view_digest(savedplan.live_view(HostState((ns, addr), facts), State()))
+
+    assert with_facts(routes=(ia.ip_network("10.9.0.0/16"),)) != base
+    assert with_facts(foreign_links={("a", "veth0"): "veth"}) != base
+    assert with_facts(foreign_netns=("x", "y")) == with_facts(foreign_netns=("y", "x")) != base
+
 
 def test_fleet_host_is_passed_to_load_and_must_match(site):
     """A fleet plan made with --host h1 is loaded for h1 again; a desired state narrowed to
