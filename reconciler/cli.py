@@ -200,9 +200,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out_file = getattr(args, "out", None)
     if out_file:
         from . import savedplan
+        from .errors import UserError
 
         if args.offline:
-            raise ReconcilerError("-o/--out needs the host: a saved plan is checked against the live "
+            raise UserError("-o/--out needs the host: a saved plan is checked against the live "
                                   "state it was computed on, and --offline does not read it")
         files = savedplan.manifest_digests(args.paths)
     desired = _load(args.paths)
