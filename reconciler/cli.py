@@ -103,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --offline, for a fleet manifest: print every host's plan (no --host needed)",
     )
+    p.add_argument(
+        "-o",
+        "--out",
+        metavar="FILE",
+        help="also save the plan to FILE, with fingerprints of the manifests and of the host; "
+        "`ipvlanctl apply FILE` applies exactly it, or refuses if either changed "
+        "(docs/saved-plans.md; not with --offline)",
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
@@ -110,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="converge the host to the manifests (one shot)",
         description="Validate, observe, plan, apply the plan under an exclusive lock, then "
         "verify. Exit 0 converged, 1 error, 3 converged except objects pending on a missing "
-        "parent.",
+        "parent. Given a FILE saved by `plan -o FILE`, apply exactly that plan, or refuse "
+        "(exit 1, nothing changed) if the manifests or the host changed since.",
     )
     _paths_arg(p)
     _state_dir_arg(p)
@@ -206,6 +215,17 @@ def _load(paths, host=None):
     return narrow(load(paths), host)  # a fleet manifest: this host's part (None: this machine)
 
 
+def _load_saved(paths, saved_host, asked_host):
+    """The manifests of a saved plan, narrowed to the fleet host it was made for; a --host
+    naming another host is refused rather than silently overridden."""
+    from .errors import UserError
+
+    if asked_host is not None and saved_host is not None and asked_host != saved_host:
+        raise UserError(f"the saved plan was made for host {saved_host!r}, not {asked_host!r}: "
+                        f"run `ipvlanctl plan --host {asked_host} -o FILE` for that host")
+    return _load(paths, saved_host)
+
+
 def _kernel():
     import os
 
@@ -228,6 +248,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from .fleetcli import plan_all_hosts
 
         return plan_all_hosts(args)
+    out_file = getattr(args, "out", None)
+    if out_file:
+        from . import savedplan
+        from .errors import UserError
+
+        if args.offline:
+            raise UserError("-o/--out needs the host: a saved plan is checked against the live "
+                                  "state it was computed on, and --offline does not read it")
+        files = savedplan.manifest_digests(args.paths)
     desired = _load(args.paths, args.host)
     store = StateStore(args.state_dir)
     if args.live_state and not args.offline:
@@ -242,7 +271,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
             live, _ = engine.observe_host(kernel, state.intents)
             planned = engine.plan_for(desired, live, state)
     plan = planned.plan
+    if out_file:
+        savedplan.save(out_file, args.paths, files, desired, live, state, plan, args.state_dir)
     sys.stdout.write(render_json(plan) if args.format == "json" else render_text(plan))
+    if out_file:
+        print(f"\nSaved the plan to {out_file}. `ipvlanctl apply {out_file}` applies exactly it, "
+              "and refuses if the manifests or the host change before.",
+              file=sys.stderr if args.format == "json" else sys.stdout)
     if args.detailed_exitcode:
         return 0 if plan.empty else 2
     return 0
@@ -315,10 +350,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .render import render_text
     from .state import StateStore
 
-    desired = _load(args.paths, args.host)
+    from .savedplan import prepare_apply
+
+    check = None
+    # a plan saved by `plan -o`? (``host``: the fleet host it was made for, None if none)
+    saved = prepare_apply(args.paths, args.state_dir, lambda paths, host: _load_saved(paths, host, args.host))
+    if saved is not None:
+        desired, check = saved
+    else:
+        desired = _load(args.paths, args.host)
     store = StateStore(args.state_dir)
     with _kernel() as kernel:
-        out = engine.apply(desired, store, kernel, rollback=args.rollback, lock_timeout=args.lock_timeout)
+        out = engine.apply(desired, store, kernel, rollback=args.rollback, lock_timeout=args.lock_timeout,
+                           check=check)
     if args.format == "json":
         sys.stdout.write(json.dumps(_result_json(out), indent=2) + "\n")
     else:

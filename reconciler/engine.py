@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import ipam
 from .compile import CompileMemo, compile_state
@@ -170,8 +170,12 @@ def apply(
     rollback: bool = True,
     lock_timeout: float = 60.0,
     cache: Optional[ObservationCache] = None,
+    check: Optional[Callable[[HostState, State, Planned], None]] = None,
 ) -> ApplyOutcome:
     """Observe, plan, execute, verify -- under the writer lock.
+
+    ``check`` (a saved plan, ``reconciler.savedplan``) sees the observed host, the state
+    directory and the new plan before anything is written, and refuses by raising.
 
     With a ``cache`` (the daemon) namespaces it vouches for are not dumped again; verify
     re-dumps only what this run touched (everything after a failure or a change to a host
@@ -193,6 +197,8 @@ def apply(
         memo = cache.compile_memo if cache is not None else None
         planned = plan_for(desired, live, state, memo=memo)
         phases["plan"] = time.monotonic() - t
+        if check is not None:
+            check(live, state, planned)
         plan = planned.plan
         writes_before = kernel.counter.count
         out = ApplyOutcome(plan=plan)

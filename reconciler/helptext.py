@@ -61,6 +61,13 @@ Examples:
   # CI gate: exit 2 when there are changes; the plan as JSON, its format described in
   # {doc_path("plan-json.md")}
   ipvlanctl plan --offline --detailed-exitcode --format json manifests.d > plan.json
+
+  # save the plan for review; `apply FILE` later applies exactly it (or refuses)
+  sudo ipvlanctl plan -o tonight.plan {MANIFESTS}
+
+  # a fleet manifest: one host's part, or every host's plan (the fleet's CI dry run)
+  sudo ipvlanctl plan --host h1 fleet.d
+  ipvlanctl plan --offline --all-hosts fleet.d
 """,
     "apply": f"""\
 Examples:
@@ -72,6 +79,9 @@ Examples:
 
   # machine-readable result; fail at once if another apply holds the lock
   sudo ipvlanctl apply --format json --lock-timeout 0 manifests.d
+
+  # apply a plan saved by `plan -o`; refused if the manifests or the host changed since
+  sudo ipvlanctl apply tonight.plan
 """,
     "watch": f"""\
 Examples:
