@@ -404,8 +404,8 @@ class NetlinkMonitor:
             if cookie is None and not self._no_cookie_logged:
                 self._no_cookie_logged = True
                 logs.warning(
-                    "the kernel does not tell a namespace's cookie (SO_NETNS_COOKIE, Linux >= 5.14): "
-                    "namespace dumps are never reused, every reconcile dumps every namespace",
+                    "cannot read a namespace's cookie (SO_NETNS_COOKIE needs Linux >= 5.14, SIOCGSKNS "
+                    "4.9): namespace dumps are never reused, every reconcile dumps every namespace",
                     netns=name,
                 )
             if netns_identity(self.kernel.ns_path(name)) != ident:

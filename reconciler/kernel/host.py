@@ -144,11 +144,11 @@ def netns_cookie(sock: socket.socket) -> Optional[int]:
     """The cookie of the network namespace SOCK lives in, or None when the kernel cannot
     tell (ENOPROTOOPT before Linux 5.14; then no dump is ever reused).
 
-    What the kernel guarantees: a namespace's cookie is a 64-bit number taken from one
-    global atomic counter when the namespace is created (``net->net_cookie``, set in
-    setup_net) and never changes; the counter only goes up, so within a boot no two
-    namespaces -- alive or long gone -- ever have the same cookie. Unlike the nsfs inode,
-    it is never handed on."""
+    What the kernel guarantees: a namespace's cookie (``net->net_cookie``) is a 64-bit
+    number assigned once, when the namespace is created (setup_net), from one global
+    atomic64 counter (directly or in per-CPU batches, depending on the version) that only
+    ever goes up; it never changes, and within a boot no two namespaces -- alive or long
+    gone -- ever get the same one. Unlike the nsfs inode number, it is never handed on."""
     try:
         raw = sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
     except OSError:
@@ -373,7 +373,7 @@ class Kernel:
                 pass
             raise KernelError("create namespace", name, e.errno or errno.EIO)
         self._ns[name] = sock  # type: ignore[assignment]
-        self._ns_ids.pop(name, None)  # not needed: snapshot opens its own sockets
+        self._ns_ids.pop(name, None)  # whatever was recorded was for an older socket
         return sock  # type: ignore[return-value]
 
     def delete_netns(self, name: str) -> None:

@@ -180,3 +180,37 @@ def test_monitor_vouches_for_identity_only_with_a_cookie_and_while_open():
         assert mon.held("c1") is None  # closed: no longer holds the namespace
     finally:
         mon.stop()
+
+
+class FakeMonKernel:
+    """Monitor sockets are plain NETLINK_ROUTE sockets in this namespace; every /run/netns
+    entry is one file (the namespace they are all in)."""
+
+    def __init__(self, tmp_path):
+        self.entry = str(tmp_path / "entry")
+        open(self.entry, "w").close()
+
+    def ns_path(self, name):
+        return self.entry
+
+    def open_monitor(self, name, groups):
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 0)
+        s.bind((0, 0))
+        return s
+
+
+def test_without_cookies_the_monitor_vouches_for_nothing_and_says_so_once(tmp_path, monkeypatch, caplog):
+    import reconciler.daemon.nlmonitor as nlm
+
+    kernel = FakeMonKernel(tmp_path)
+    # what a kernel before 5.14 answers: the socket's namespace, but no cookie (ENOPROTOOPT)
+    monkeypatch.setattr(nlm, "socket_netns", lambda sock: (ident(kernel, "c1"), None))
+    mon = NetlinkMonitor(kernel, notify=lambda src, detail: None)
+    try:
+        with caplog.at_level("WARNING", logger="ipvlan-reconciler"):
+            assert mon._open("c1") is not None and mon._open("c2") is not None
+        assert mon.held("c1") is None and mon.held("c2") is None
+        warned = [r for r in caplog.records if "SO_NETNS_COOKIE" in r.getMessage()]
+        assert len(warned) == 1 and "never reused" in warned[0].getMessage()
+    finally:
+        mon.stop()
