@@ -21,7 +21,7 @@ from .state import State, StateStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kernel.apply import ApplyResult
-    from .kernel.host import Kernel, Snapshot, StillValid
+    from .kernel.host import Held, Kernel, Snapshot, StillValid
 
 
 def machine_id() -> str:
@@ -105,7 +105,10 @@ class ObservationCache:
     """The daemon's memory between reconciles: the last snapshot, and who can say which of
     its namespace dumps still hold (the netlink monitor). ``engine.apply`` reuses those and
     dumps the rest, and leaves its verify snapshot here for the next run. ``snapshot=None``
-    asks for a full observation (the daemon's start, SIGHUP, the periodic resync)."""
+    asks for a full observation (the daemon's start, SIGHUP, the periodic resync).
+    ``held`` says which namespace the caller holds a socket in under each name (the
+    monitor's): only a dump of that very namespace (same netns cookie) is ever reused, so
+    ``still_valid`` vouches for changes, never for identity; without ``held`` nothing is."""
 
     still_valid: "StillValid"
     snapshot: Optional["Snapshot"] = None
@@ -115,6 +118,7 @@ class ObservationCache:
     compile_memo: CompileMemo = field(default_factory=CompileMemo)
     reused: int = 0  # namespaces taken from the previous snapshot by the last run's observe
     dumped: int = 0  # namespaces dumped by the last run's observe (verify is not counted)
+    held: Optional["Held"] = None
 
 
 def observe_host(
@@ -123,6 +127,7 @@ def observe_host(
     previous: Optional["Snapshot"] = None,
     still_valid: Optional["StillValid"] = None,
     cache: Optional[ObservationCache] = None,
+    held: Optional["Held"] = None,
 ) -> Tuple[HostState, "Snapshot"]:
     from .kernel.handlers import observe
     from .objects import MARKER
@@ -134,7 +139,7 @@ def observe_host(
             return True
         return any(l.name == "lo" and l.alias == MARKER for l in links)
 
-    snap = kernel.snapshot(is_ours, previous=previous, still_valid=still_valid)
+    snap = kernel.snapshot(is_ours, previous=previous, still_valid=still_valid, held=held)
     if cache is not None:
         old = previous.namespaces if previous is not None else {}
         cache.reused = sum(1 for n, v in snap.namespaces.items() if old.get(n) is v)
@@ -188,7 +193,7 @@ def apply(
         state = store.load()
         t = time.monotonic()
         if cache is not None:
-            live, snap = observe_host(kernel, state.intents, cache.snapshot, cache.still_valid, cache)
+            live, snap = observe_host(kernel, state.intents, cache.snapshot, cache.still_valid, cache, cache.held)
             cache.snapshot = None  # until this run has a snapshot it can vouch for
         else:
             live, snap = observe_host(kernel, state.intents)
@@ -245,7 +250,7 @@ def apply(
             def still_valid(name: str, view) -> bool:
                 return name not in touched and base(name, view)
 
-            live_after, snap_after = observe_host(kernel, intents, snap, still_valid)
+            live_after, snap_after = observe_host(kernel, intents, snap, still_valid, held=cache.held)
         else:
             live_after, snap_after = observe_host(kernel, intents)
         verify_state = State(allocations=planned.allocations)

@@ -25,6 +25,15 @@ created, deleted or replaced by hand triggers a reconcile. A monitor socket
 keeps its namespace alive after ``ip netns del`` -- with the ipvlan endpoint
 and its addresses still claimed on the parent -- so a socket whose namespace
 left /run/netns (or was replaced) is closed at once, before the reconcile.
+
+Namespace identity: each monitor knows the (dev, inode) and netns cookie of the
+namespace its socket is in, read from the socket. While the socket is open the
+namespace is alive, so its (dev, inode) is no other namespace's and an equal
+stat of /run/netns/NAME proves NAME is still it; for namespaces nobody holds, an
+equal pair proves nothing (the kernel reuses a freed inode at once), so a
+replacement that reuses the inode of an unmonitored namespace goes unreported
+until the next resync -- harmless, as only dumps of a namespace held here
+(:meth:`NetlinkMonitor.held`, same cookie) are ever reused.
 """
 from __future__ import annotations
 
@@ -37,7 +46,7 @@ import threading
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
-from ..kernel.host import netns_identity
+from ..kernel.host import HeldNs, netns_identity, socket_netns
 from . import logs
 
 # rtnetlink multicast groups (RTNLGRP_*) as bind() bitmask bits (1 << (group - 1))
@@ -93,10 +102,13 @@ def _readable(fds, timeout: float):
 class NsMonitor:
     """One monitor socket and the caches that tell a real change from noise."""
 
-    def __init__(self, name: str, sock: socket.socket, identity: Optional[Tuple[int, int]]):
+    def __init__(
+        self, name: str, sock: socket.socket, identity: Optional[Tuple[int, int]], cookie: Optional[int] = None
+    ):
         self.name = name
         self.sock = sock
         self.identity = identity
+        self.cookie = cookie  # netns cookie of the namespace the socket is in (None: unknown)
         self.links: Dict[int, tuple] = {}
         self.link_names: Dict[int, str] = {}
         self.addrs: Set[tuple] = set()
@@ -218,6 +230,7 @@ class NetlinkMonitor:
         self._netns_polls = 0
         self.thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
         self.overflows = 0
+        self._no_cookie_logged = False
 
     # control (any thread) ---------------------------------------------------------------------
     def start(self) -> None:
@@ -244,6 +257,16 @@ class NetlinkMonitor:
             m = self._mons.get(name)
         return m is not None and m.opened < t and m.changed < t
 
+    def held(self, name: str) -> Optional[HeldNs]:
+        """The namespace our socket for NAME is in (identity, cookie, open since), or None.
+        A monitor is closed only after it left ``_mons`` (under the lock), so an answer
+        means the socket was still open -- its namespace alive -- when asked."""
+        with self._lock:
+            m = self._mons.get(name)
+        if m is None or not name or m.identity is None or m.cookie is None:
+            return None
+        return HeldNs(m.identity, m.cookie, m.opened)
+
     def monitored(self) -> List[str]:
         with self._lock:
             return sorted(n for n in self._mons if n)
@@ -253,9 +276,10 @@ class NetlinkMonitor:
         self._wake()
         if self.thread.is_alive():
             self.thread.join(timeout=5)
-        for m in list(self._mons.values()):
+        with self._lock:  # out of _mons before closed: see held()
+            mons, self._mons = list(self._mons.values()), {}
+        for m in mons:
             m.close()
-        self._mons.clear()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -369,10 +393,25 @@ class NetlinkMonitor:
     def _open(self, name: str) -> Optional[NsMonitor]:
         ident = None if name == HOST else netns_identity(self.kernel.ns_path(name))
         sock = self.kernel.open_monitor(None if name == HOST else name, GROUPS)
-        if name != HOST and netns_identity(self.kernel.ns_path(name)) != ident:
-            sock.close()  # replaced while we entered it: next sync
-            return None
-        m = NsMonitor(name, sock, ident)
+        cookie = None
+        if name != HOST:
+            # the namespace the socket is really in (held by it from now on), whatever the stat
+            # above saw; without SIOCGSKNS, that stat (and no cookie: its dumps are not reused)
+            held_ident, cookie = socket_netns(sock)
+            if held_ident is None:
+                cookie = None
+            ident = held_ident or ident
+            if cookie is None and not self._no_cookie_logged:
+                self._no_cookie_logged = True
+                logs.warning(
+                    "cannot read a namespace's cookie (SO_NETNS_COOKIE needs Linux >= 5.14, SIOCGSKNS "
+                    "4.9): namespace dumps are never reused, every reconcile dumps every namespace",
+                    netns=name,
+                )
+            if netns_identity(self.kernel.ns_path(name)) != ident:
+                sock.close()  # replaced while we entered it: next sync
+                return None
+        m = NsMonitor(name, sock, ident, cookie)
         with self._lock:
             self._mons[name] = m
         self._seed(m)

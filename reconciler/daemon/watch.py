@@ -13,9 +13,10 @@ Every reconcile plans the whole desired state against the whole host, so any
 trigger -- a file edit, a link deleted by hand, a missing parent appearing,
 the periodic resync -- converges everything. What it does not do every time
 is dump every namespace: the netlink monitor watches each of ours, and a
-namespace in which nothing that matters changed since its last dump (same
-/run/netns identity, monitored from before that dump, no event since) is
-taken from the previous reconcile's snapshot (``engine.ObservationCache``).
+namespace in which nothing that matters changed since its last dump (the same
+namespace: netns cookie of the monitor's socket in it; monitored from before
+that dump, no event since) is taken from the previous reconcile's snapshot
+(``engine.ObservationCache``).
 The start, SIGHUP, a retry after a failure and the periodic resync observe
 everything afresh, so a change the monitor cannot see (or missed) is found by
 the next resync at the latest. Our own apply's netlink events cause one more
@@ -550,7 +551,9 @@ class Daemon:
         from ..engine import ObservationCache
 
         monitor = self.monitor
-        self.observation = ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken))
+        self.observation = ObservationCache(
+            lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held
+        )
 
     def stop_watchers(self) -> None:
         for name, fn in (

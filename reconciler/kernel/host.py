@@ -4,9 +4,11 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..errors import KernelError
 from ..objects import HOSTS_MARKER, RTPROT
@@ -39,7 +41,10 @@ class NsView:
     addrs: List[AddrRec] = field(default_factory=list)
     routes: List[RouteRec] = field(default_factory=list)
     broken: bool = False  # a /run/netns entry we cannot enter (e.g. a crash mid-create)
-    identity: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) of /run/netns/NAME before the dump
+    # (st_dev, st_ino) of the namespace dumped (read from the fd it was entered with) and its
+    # netns cookie (read from the dump's own socket; None: kernel < 5.14). See same_namespace.
+    identity: Optional[Tuple[int, int]] = None
+    cookie: Optional[int] = None
     taken: float = 0.0  # time.monotonic() when the dump started
     full: bool = False  # addresses and routes were dumped too (not only links)
     # what handlers.observe made of this dump (kept while the dump is reused)
@@ -119,8 +124,11 @@ def read_hosts_files(
 
 
 def netns_identity(path: str) -> Optional[Tuple[int, int]]:
-    """Which namespace a /run/netns entry is: a namespace deleted and re-created under the
-    same name is a different one."""
+    """``(st_dev, st_ino)`` of the namespace a /run/netns entry is now. A pair that changed
+    proves the entry was replaced; an EQUAL pair proves nothing by itself: the kernel hands
+    a freed nsfs inode number to the next namespace at once (`ip netns del x; ip netns add
+    x` gives the same pair). It identifies a namespace only while someone holds that
+    namespace open -- see :func:`same_namespace`."""
     try:
         st = os.stat(path)
     except OSError:
@@ -128,8 +136,76 @@ def netns_identity(path: str) -> Optional[Tuple[int, int]]:
     return st.st_dev, st.st_ino
 
 
-#: ``still_valid(name, view)``: may this earlier dump of namespace NAME stand for it now?
+SO_NETNS_COOKIE = 71  # asm-generic/socket.h, Linux >= 5.14
+SIOCGSKNS = 0x894C  # linux/sockios.h, Linux >= 4.9: an fd of a socket's network namespace
+
+
+def netns_cookie(sock: socket.socket) -> Optional[int]:
+    """The cookie of the network namespace SOCK lives in, or None when the kernel cannot
+    tell (ENOPROTOOPT before Linux 5.14; then no dump is ever reused).
+
+    What the kernel guarantees: a namespace's cookie (``net->net_cookie``) is a 64-bit
+    number assigned once, when the namespace is created (setup_net), from one global
+    atomic64 counter (directly or in per-CPU batches, depending on the version) that only
+    ever goes up; it never changes, and within a boot no two namespaces -- alive or long
+    gone -- ever get the same one. Unlike the nsfs inode number, it is never handed on."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+    except OSError:
+        return None
+    return struct.unpack("=Q", raw)[0] if len(raw) == 8 else None
+
+
+def socket_netns(sock: socket.socket) -> Tuple[Optional[Tuple[int, int]], Optional[int]]:
+    """``(identity, cookie)`` of the namespace SOCK lives in, from the socket itself
+    (SIOCGSKNS, needs CAP_NET_ADMIN there), whichever thread asks. ``(None, None)`` when
+    the kernel cannot tell."""
+    import fcntl
+
+    try:
+        fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    except OSError:
+        return None, None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return (st.st_dev, st.st_ino), netns_cookie(sock)
+
+
+class HeldNs(NamedTuple):
+    """A namespace someone holds a socket in (the daemon: its netlink monitor)."""
+
+    identity: Tuple[int, int]  # (st_dev, st_ino) of that namespace, read from the socket
+    cookie: Optional[int]
+    since: float  # time.monotonic() by which the socket was open already
+
+
+#: ``held(name)``: the namespace the caller holds open for /run/netns/NAME, if it does. Asked
+#: after /run/netns/NAME was stat'ed; an answer means the socket was still open when asked.
+Held = Callable[[str], Optional[HeldNs]]
+
+#: ``still_valid(name, view)``: did nothing that matters change in namespace NAME since this
+#: earlier dump of it? (Whether NAME is still that namespace is :func:`same_namespace`'s call.)
 StillValid = Callable[[str, NsView], bool]
+
+
+def same_namespace(view: NsView, now: Optional[Tuple[int, int]], stat_time: float, held: Optional[HeldNs]) -> bool:
+    """Is /run/netns/NAME, stat'ed as NOW at STAT_TIME (a time.monotonic()), still the
+    namespace VIEW was dumped from? True only when it is proven:
+
+    * the dump's cookie is the held namespace's cookie: the dump came from the namespace
+      the caller holds (cookies are never reused within a boot, see :func:`netns_cookie`);
+    * that namespace was held open from before the stat (``since``) until ``held`` was
+      asked (after the stat), so it was alive at the stat and no other namespace could have
+      its (dev, inode) then;
+    * /run/netns/NAME had that (dev, inode) at the stat: it was that namespace.
+
+    Without a cookie (old kernel) or a holder nothing is proven: the answer is False and
+    the namespace is dumped again -- correct, only slower."""
+    if view.cookie is None or now is None or view.identity != now:
+        return False  # no cookie to compare, or the entry changed (which proves a replacement)
+    return held is not None and held.cookie == view.cookie and held.identity == now and held.since < stat_time
 
 
 def _raise_nofile() -> None:
@@ -154,6 +230,8 @@ class Kernel:
         self.worker = NsWorker()
         self.host = NetlinkSocket("host namespace", self.counter)
         self._ns: Dict[str, NetlinkSocket] = {}
+        # name -> (identity, cookie) of the namespace the socket in _ns was opened in
+        self._ns_ids: Dict[str, Tuple[Tuple[int, int], Optional[int]]] = {}
         self._run_dir_ready = False
 
     # namespaces ---------------------------------------------------------------------------
@@ -196,7 +274,9 @@ class Kernel:
                         out[name] = e
                         continue
                     try:
-                        out[name] = NetlinkSocket(f"namespace {name}", counter)
+                        st = os.fstat(fd)  # the namespace entered, whatever /run/netns says by now
+                        sock = NetlinkSocket(f"namespace {name}", counter)
+                        out[name] = (sock, (st.st_dev, st.st_ino), netns_cookie(sock.sock))
                     finally:
                         setns(home)
                 finally:
@@ -206,11 +286,13 @@ class Kernel:
         got = self.worker.pool.submit(job).result()
         socks: Dict[str, NetlinkSocket] = {}
         failed = None
-        for name, s in got.items():
-            if isinstance(s, OSError):
-                failed = failed or (name, s)
+        for name, got_one in got.items():
+            if isinstance(got_one, OSError):
+                failed = failed or (name, got_one)
                 continue
+            s, ident, cookie = got_one  # type: ignore[misc]
             self._ns[name] = s
+            self._ns_ids[name] = (ident, cookie)
             socks[name] = s
         if failed is not None:
             raise KernelError("enter namespace", failed[0], failed[1].errno or errno.EIO, partial=socks)
@@ -218,6 +300,7 @@ class Kernel:
 
     def close_ns_socket(self, name: str) -> None:
         s = self._ns.pop(name, None)
+        self._ns_ids.pop(name, None)
         if s is not None:
             s.close()
 
@@ -290,6 +373,7 @@ class Kernel:
                 pass
             raise KernelError("create namespace", name, e.errno or errno.EIO)
         self._ns[name] = sock  # type: ignore[assignment]
+        self._ns_ids.pop(name, None)  # whatever was recorded was for an older socket
         return sock  # type: ignore[return-value]
 
     def delete_netns(self, name: str) -> None:
@@ -363,21 +447,25 @@ class Kernel:
         is_ours,
         previous: Optional[Snapshot] = None,
         still_valid: Optional[StillValid] = None,
+        held: Optional[Held] = None,
     ) -> Snapshot:
         """Dump the host namespace and every named namespace. Namespaces for which
         ``is_ours(name, links)`` is true get their addresses and routes dumped too.
 
-        With ``previous`` and ``still_valid`` (the daemon: its netlink monitor knows which
-        namespaces changed since a given moment) a namespace's earlier view is reused instead
-        of dumped when it is the same namespace (same identity), was dumped in full if it is
-        ours, and ``still_valid`` vouches for it; and a hosts file's content is reused while
-        its stat stamp is unchanged (:func:`read_hosts_files`). The host namespace is always
-        dumped afresh."""
+        With ``previous``, ``still_valid`` and ``held`` (the daemon: its netlink monitor holds
+        a socket in each of our namespaces and knows which changed since a given moment) a
+        namespace's earlier view is reused instead of dumped when it is provably the same
+        namespace (:func:`same_namespace`: its netns cookie, held open since before the stat
+        of /run/netns/NAME), was dumped in full if it is ours, and ``still_valid`` vouches
+        that nothing changed in it; and a hosts file's content is reused while its stat
+        stamp is unchanged (:func:`read_hosts_files`). The host namespace is always dumped
+        afresh."""
         host = NsView("", taken=time.monotonic(), full=True)
         host.links = self.host.dump_links()
         host.addrs = self.host.dump_addrs()
         host.routes = self.host.dump_routes(table=RT_TABLE_MAIN)  # host facts: main table only
         names = self.list_netns()
+        stat_time = time.monotonic()  # before the stats; ``held`` is asked after them
         idents = {n: netns_identity(self.ns_path(n)) for n in names}
         namespaces: Dict[str, NsView] = {}
         todo: List[str] = []
@@ -385,9 +473,10 @@ class Kernel:
             prev = previous.namespaces.get(name) if previous is not None and still_valid is not None else None
             if (
                 prev is not None
+                and held is not None
                 and not prev.broken
-                and prev.identity is not None
-                and prev.identity == idents[name]
+                and prev.identity == idents[name]  # cheap: a changed pair needs no further look
+                and same_namespace(prev, idents[name], stat_time, held(name))
                 and (prev.full or not is_ours(name, prev.links))
                 and still_valid(name, prev)
             ):
@@ -403,6 +492,7 @@ class Kernel:
                     view.broken = True
                     namespaces[name] = view
                     continue
+                view.identity, view.cookie = self._ns_ids.get(name, (idents[name], None))
                 view.links = sock.dump_links()
                 if is_ours(name, view.links):
                     view.addrs = sock.dump_addrs()

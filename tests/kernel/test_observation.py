@@ -16,7 +16,7 @@ from enginekit import Reconciler, addrs, sh
 from reconciler import engine
 from reconciler.daemon.nlmonitor import NetlinkMonitor
 from reconciler.errors import PlanError
-from reconciler.kernel.host import Kernel
+from reconciler.kernel.host import Kernel, netns_identity
 from reconciler.manifest import load
 from reconciler.state import StateStore
 
@@ -87,7 +87,7 @@ def run_apply(r: Reconciler, cache: engine.ObservationCache) -> engine.ApplyOutc
 
 def test_unchanged_namespaces_are_reused_and_a_hand_made_change_is_dumped(watched):
     r, monitor, events = watched
-    cache = engine.ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken))
+    cache = engine.ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held)
 
     first = run_apply(r, cache)
     assert first.plan.empty and first.converged
@@ -118,7 +118,7 @@ def test_a_vouching_predicate_is_what_stands_between_reuse_and_a_stale_view(watc
     view is reused and the change goes unseen. This is why only the monitor may vouch, and
     why the daemon's periodic resync observes everything afresh (snapshot=None)."""
     r, monitor, _ = watched
-    cache = engine.ObservationCache(lambda name, view: True)
+    cache = engine.ObservationCache(lambda name, view: True, held=monitor.held)
     assert run_apply(r, cache).plan.empty
     sh("ip -n obs3 addr del 192.168.1.63/24 dev eth0")
     blind = run_apply(r, cache)
@@ -132,17 +132,38 @@ def test_a_vouching_predicate_is_what_stands_between_reuse_and_a_stale_view(watc
     assert addrs("obs3") == ["192.168.1.63/24"]
 
 
+def recreate_with_the_same_inode(name: str, old, attempts: int = 20) -> None:
+    """`ip netns add NAME` until the new namespace has the (dev, inode) OLD had. The kernel
+    hands the lowest free nsfs inode number to the next namespace, but frees a deleted
+    namespace's number only once its cleanup (a workqueue) has run."""
+    for _ in range(attempts):
+        sh(f"ip netns add {name}")
+        if netns_identity(f"/run/netns/{name}") == old:
+            return
+        sh(f"ip netns del {name}")
+        time.sleep(0.2)
+    raise AssertionError(f"the kernel never gave the new {name} the old namespace's inode {old}")
+
+
 def test_a_replaced_namespace_is_never_reused(watched):
-    """Deleted and re-created under the same name by hand: a different namespace (identity),
-    dumped again even when the predicate vouches. It carries no marker now, so the plan
-    refuses to take it over -- a reused view would have said "ours, nothing to do"."""
-    r, _, _ = watched
-    cache = engine.ObservationCache(lambda name, view: True)
+    """Deleted and re-created under the same name by hand, with the very (dev, inode) the
+    old namespace had -- what the kernel does when nothing holds the old one any more: a
+    different namespace all the same (its netns cookie), dumped again even though the
+    predicate vouches for everything. It carries no marker now, so the plan refuses to take
+    it over; the reused view would have said "ours, nothing to do"."""
+    r, monitor, _ = watched
+    cache = engine.ObservationCache(lambda name, view: True, held=monitor.held)
     assert run_apply(r, cache).plan.empty
+    assert run_apply(r, cache).plan.empty and cache.reused == 3  # identity proven: reused
+    old = netns_identity("/run/netns/obs1")
     sh("ip netns del obs1")
-    sh("ip netns add obs1")
+    # the monitor's socket keeps the old namespace (and its inode) alive until its next poll
+    # of /run/netns lets it go; from then on the inode can be handed on
+    wait_for(lambda: "obs1" not in monitor.monitored(), "the monitor to let obs1 go")
+    recreate_with_the_same_inode("obs1", old)
     with pytest.raises(PlanError, match="obs1"):
         run_apply(r, cache)
+    assert (cache.dumped, cache.reused) == (1, 2)  # the other two: still proven the same
     sh("ip netns del obs1")
     out = run_apply(r, cache)
     assert out.converged
@@ -185,7 +206,7 @@ def test_hosts_files_are_reused_while_unchanged_and_a_hand_edit_is_repaired(watc
     from reconciler.kernel import host as host_mod
 
     r, monitor, _ = watched
-    cache = engine.ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken))
+    cache = engine.ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held)
     time.sleep(1.1)  # the fixture's apply wrote the files: let them settle
     assert run_apply(r, cache).plan.empty  # a full read: every stamp recorded
     assert sorted(cache.snapshot.hosts_stamps) == NAMES
