@@ -199,7 +199,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         with _kernel() as kernel:
             state = store.load()
-            live, _ = engine.observe_host(kernel, state.intents)
+            live, _ = engine.observe_host(kernel, state.intents, tables=engine.export_tables(desired, state))
             planned = engine.plan_for(desired, live, state)
     plan = planned.plan
     sys.stdout.write(render_json(plan) if args.format == "json" else render_text(plan))
@@ -302,7 +302,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = StateStore(args.state_dir)
     with _kernel() as kernel:
         state = store.load()
-        live, _ = engine.observe_host(kernel, state.intents)
+        live, _ = engine.observe_host(kernel, state.intents, tables=state.export_tables)
     data = state_json(live)
     from .daemon.status import read_status
 
