@@ -132,6 +132,7 @@ class Daemon:
         self.thread: Optional[threading.Thread] = None
         self._status_warned = False
         self._last_status_line = ""
+        self.bird_sync = None  # --bird-config: a birdctl.BirdSync, run after every reconcile
 
     # pluggable parts (tests replace them) --------------------------------------------------
     def load(self, paths):
@@ -398,7 +399,25 @@ class Daemon:
             self.status.record_error(TEMPORARY, message)
         self.status.pending = pending
         self.metrics.set_pending(len(pending))
+        self.sync_bird(desired)
         self.finish(result, started, seconds, out.exit_code)
+
+    def sync_bird(self, desired) -> None:
+        """--bird-config: keep BIRD's file current for the desired state in force; a BIRD
+        problem is logged and shown in the status, never a reconcile failure."""
+        if self.bird_sync is None or desired is None:
+            return
+        try:
+            report = self.bird_sync.sync(desired)
+        except Exception as e:  # never let BIRD take the container work down
+            report = {"config": self.bird_sync.path, "changed": False, "reloaded": False, "error": f"internal error: {e}"}
+        previous = self.status.bird or {}
+        if report["error"] and report["error"] != previous.get("error"):
+            logs.warning(f"BIRD: {report['error']}", config=report["config"])
+        elif report["changed"] or (not report["error"] and previous.get("error")):
+            logs.info("BIRD configuration updated" if report["changed"] else "BIRD reloaded",
+                      config=report["config"], reloaded=report["reloaded"])
+        self.status.bird = report
 
     def timing(self, out) -> Dict[str, object]:
         """Where a reconcile's time went, and how much of the host it dumped (for the log)."""
@@ -412,6 +431,7 @@ class Daemon:
         return extra
 
     def reconcile_failed(self, e: BaseException, seconds: float, trigger: str) -> None:
+        self.sync_bird(self.desired)
         cls = classify(e)
         message = str(e) or type(e).__name__
         self.metrics.error(cls)
@@ -623,4 +643,10 @@ def run_watch(args: argparse.Namespace) -> int:
         backoff_cap=getattr(args, "max_backoff", 60.0),
         metrics_addr=getattr(args, "metrics_addr", None),
     )
+    if getattr(args, "bird_config", None):
+        from ..birdctl import DEFAULT_SOCKET, BirdSync
+
+        # the host: --host when the CLI has it, else the state's local host at each sync
+        daemon.bird_sync = BirdSync(args.bird_config, getattr(args, "bird_socket", None) or DEFAULT_SOCKET,
+                                    host=getattr(args, "host", None))
     return daemon.run()

@@ -1,0 +1,93 @@
+"""--bird-config: atomic writes, reload only on change, BIRD problems reported (never raised)."""
+import os
+import stat
+
+import pytest
+
+from reconciler import birdctl
+from reconciler.birdctl import BirdSync, parse_protocols, write_if_changed
+from tests.unit.test_bird import fleet
+
+SHOW_PROTOCOLS = """BIRD 2.0.12 ready.
+Name       Proto      Table      State  Since         Info
+device1    Device     ---        up     10:00:00.000
+k_export4  Kernel     t_export4  up     10:00:00.000
+host4_h2   BGP        ---        up     10:00:01.000  Established
+host4_h3   BGP        ---        start  10:00:01.000  Connect       Socket: Connection refused
+"""
+
+
+@pytest.fixture
+def fake_birdc(tmp_path, monkeypatch):
+    """A `birdc` on PATH that logs its arguments and answers from files in tmp_path."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "birdc.log"
+    reply = tmp_path / "reply"
+    reply.write_text("BIRD 2.0.12 ready.\nReading configuration from x\nReconfigured\n")
+    exe = bindir / "birdc"
+    exe.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\ncat {reply}\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    return log, reply
+
+
+def test_write_if_changed_is_atomic_and_idempotent(tmp_path):
+    path = tmp_path / "etc" / "bird.conf"
+    assert write_if_changed(str(path), "a\n") is True
+    ino = path.stat().st_ino
+    assert write_if_changed(str(path), "a\n") is False
+    assert path.stat().st_ino == ino  # untouched
+    assert write_if_changed(str(path), "b\n") is True
+    assert path.read_text() == "b\n" and path.stat().st_ino != ino  # replaced by rename
+    assert [p.name for p in path.parent.iterdir()] == ["bird.conf"]  # no temp file left
+
+
+def test_sync_writes_and_reloads_only_on_change(tmp_path, fake_birdc):
+    log, _ = fake_birdc
+    conf = tmp_path / "bird.conf"
+    sync = BirdSync(str(conf), socket="/x/bird.ctl", host="h1")
+    r = sync.sync(fleet())
+    assert r == {"config": str(conf), "changed": True, "reloaded": True, "error": None}
+    assert log.read_text() == "-s /x/bird.ctl configure\n"
+    assert "router id 192.168.1.11;" in conf.read_text()
+    r = sync.sync(fleet())
+    assert r["changed"] is False and r["reloaded"] is False
+    assert log.read_text().count("configure") == 1
+
+
+def test_failing_bird_is_reported_and_retried_by_the_same_sync(tmp_path, fake_birdc):
+    log, reply = fake_birdc
+    reply.write_text("Unable to connect to server control socket (/x/bird.ctl): No such file or directory\n")
+    sync = BirdSync(str(tmp_path / "bird.conf"), socket="/x/bird.ctl", host="h1")
+    r = sync.sync(fleet())
+    assert r["changed"] is True and r["reloaded"] is False
+    assert "Unable to connect" in r["error"]
+    reply.write_text("BIRD 2.0.12 ready.\nReconfigured\n")
+    r = sync.sync(fleet())  # unchanged file, but the last reload failed: try again
+    assert r["changed"] is False and r["reloaded"] is True and r["error"] is None
+    reply.write_text("BIRD 2.0.12 ready.\n8002 /etc/bird.conf:3:1 syntax error\n")
+    fresh = BirdSync(str(tmp_path / "other.conf"), socket="/x/bird.ctl", host="h1")
+    assert "syntax error" in fresh.sync(fleet())["error"]
+
+
+def test_missing_birdc_and_unrenderable_state_are_reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    r = BirdSync(str(tmp_path / "bird.conf"), host="h1").sync(fleet())
+    assert r["changed"] is True and "birdc not found" in r["error"]
+    r = BirdSync(str(tmp_path / "bird2.conf"), host="nope").sync(fleet())
+    assert "not under hosts" in r["error"] and not (tmp_path / "bird2.conf").exists()
+    assert "BIRD:" in birdctl.report_text(r)
+
+
+def test_parse_show_protocols_and_status(fake_birdc):
+    rows = parse_protocols(SHOW_PROTOCOLS)
+    assert [r["name"] for r in rows] == ["device1", "k_export4", "host4_h2", "host4_h3"]
+    assert rows[3]["info"] == "Connect       Socket: Connection refused"
+    _, reply = fake_birdc
+    reply.write_text(SHOW_PROTOCOLS)
+    st = birdctl.bird_status("/x/bird.ctl")
+    assert st["running"] is True and st["established"] == 1
+    assert [s["name"] for s in st["sessions"]] == ["host4_h2", "host4_h3"]
+    reply.write_text("Unable to connect to server control socket (/x/bird.ctl): Connection refused\n")
+    assert birdctl.bird_status("/x/bird.ctl")["running"] is False
