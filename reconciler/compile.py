@@ -325,7 +325,8 @@ class HostsBuilder:
         self.span: Dict[Tuple[str, str], Tuple[int, int]] = {}  # ... and where they are in the block
         blocks: Dict[str, List[str]] = {}
         sizes: Dict[str, int] = {}
-        for c in desired.containers.values():
+        # a fleet host's files also list the other hosts' containers with explicit addresses
+        for c in list(desired.containers.values()) + list(desired.remote.values()):
             for att in c.attachments:
                 names = " ".join((c.name,) + tuple(att.aliases))
                 lines = "".join(f"{ip}\t{names}\n" for ip in (att.ip, att.ip6) if ip is not None)

@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
+from . import fleet
 from .errors import Diagnostic, ManifestError
 from .model import (
     Attachment,
@@ -105,10 +106,19 @@ def _usable_bounds(net: IPNetwork) -> Tuple[int, int]:
 class _Pool:
     """Free addresses of one network and family; lowest free first, O(1) amortised."""
 
+    where = ""  # words for an exhaustion message (a fleet host's blocks)
+
     def __init__(self, subnets: Sequence[Subnet]):
         self.subnets = subnets
         self.used: Set[int] = set()
         self.cursor: Dict[int, int] = {}
+
+    def bounds(self, i: int, s: Subnet) -> Tuple[int, int]:
+        """The lowest and highest address (as ints) handed out from subnet ``s``."""
+        assert s.cidr is not None
+        lo, hi = _usable_bounds(s.ip_range or s.cidr)
+        slo, shi = _usable_bounds(s.cidr)
+        return max(lo, slo), min(hi, shi)
 
     def reserve(self, addr: IPAddress) -> None:
         self.used.add(int(addr))
@@ -121,22 +131,17 @@ class _Pool:
         return True
 
     def allowed(self, addr: IPAddress) -> bool:
-        for s in self.subnets:
+        for i, s in enumerate(self.subnets):
             assert s.cidr is not None
             if addr in s.cidr:
-                lo, hi = _usable_bounds(s.ip_range or s.cidr)
-                slo, shi = _usable_bounds(s.cidr)
-                v = int(addr)
-                return max(lo, slo) <= v <= min(hi, shi)
+                lo, hi = self.bounds(i, s)
+                return lo <= int(addr) <= hi
         return False
 
     def lowest_free(self) -> Optional[IPAddress]:
         for i, s in enumerate(self.subnets):
             assert s.cidr is not None
-            rng = s.ip_range or s.cidr
-            lo, hi = _usable_bounds(rng)
-            slo, shi = _usable_bounds(s.cidr)
-            lo, hi = max(lo, slo), min(hi, shi)
+            lo, hi = self.bounds(i, s)
             v = self.cursor.get(i, lo)
             while v <= hi and v in self.used:
                 v += 1
@@ -146,6 +151,36 @@ class _Pool:
                 self.cursor[i] = v + 1
                 return ipaddress.ip_address(v) if s.cidr.version == 4 else ipaddress.IPv6Address(v)
         return None
+
+
+class _BlockPool(_Pool):
+    """A fleet host's pool (SPEC 5.1): only its block of each subnet's range; inside it the
+    usual exclusions (the subnet's network and broadcast address, gateways, aux addresses,
+    the parent's addresses), not the block's own first and last address."""
+
+    def __init__(self, subnets: Sequence[Subnet], blocks: Sequence[Optional[IPNetwork]], where: str):
+        super().__init__(subnets)
+        self.blocks = blocks
+        self.where = where
+
+    def bounds(self, i: int, s: Subnet) -> Tuple[int, int]:
+        assert s.cidr is not None
+        b = self.blocks[i]
+        if b is None:
+            return 1, 0  # the range has no block for this host (a validation error)
+        slo, shi = _usable_bounds(s.cidr)
+        return max(int(b.network_address), slo), min(int(b.broadcast_address), shi)
+
+
+def _pool_for(desired: DesiredState, net: Network, subs: Sequence[Subnet]) -> _Pool:
+    """The pool of one network and family: a fleet host's blocks, else the whole ranges."""
+    hid = fleet.local_host_id(desired)
+    if hid is None or not subs or fleet.block_size_of(net, subs[0].version) is None:
+        return _Pool(subs)
+    blocks = [fleet.host_block(net, s, hid) for s in subs]
+    size = fleet.block_size_of(net, subs[0].version)
+    shown = ", ".join(str(b) for b in blocks if b is not None) or "none"
+    return _BlockPool(subs, blocks, f" in block {hid} of host {desired.local_host} ({shown}; block size /{size})")
 
 
 def _overlaps_any(net: IPNetwork, others: Sequence[IPNetwork]) -> bool:
@@ -237,7 +272,7 @@ def resolve(
             subs = net.subnets_of(fam)
             if not subs:
                 continue
-            pool = _Pool(subs)
+            pool = _pool_for(desired, net, subs)
             for s in subs:
                 if s.gateway is not None:
                     pool.reserve(s.gateway)
@@ -247,8 +282,8 @@ def resolve(
                 pool.reserve(a)
             pools[(net.name, fam)] = pool
 
-    # explicit addresses first (validated unique by the manifest layer)
-    for c in desired.containers.values():
+    # explicit addresses first (validated unique by the manifest layer), other fleet hosts' too
+    for c in list(desired.containers.values()) + list(desired.remote.values()):
         for att in c.attachments:
             for fam, addr in ((4, att.ip), (6, att.ip6)):
                 if addr is not None and (att.network, fam) in pools:
@@ -289,7 +324,7 @@ def resolve(
                     problems.append(
                         Diagnostic(
                             att.loc,
-                            f"container {c.name}: no free IPv{fam} address left on network {att.network}",
+                            f"container {c.name}: no free IPv{fam} address left on network {att.network}{pool.where}",
                         )
                     )
                     continue

@@ -207,6 +207,9 @@ class DesiredState:
     # a fleet manifest narrowed to one host's part (``reconciler.fleet.select``): that host's
     # name; None for a single-host manifest or the whole fleet
     local_host: Optional[str] = None
+    # with local_host: the other hosts' containers that have explicit addresses on this
+    # host's non-internal networks, trimmed to those attachments (hosts files list them)
+    remote: Mapping[str, Container] = field(default_factory=dict)
 
     @property
     def fleet(self) -> bool:

@@ -29,7 +29,7 @@ from .yamlload import Document, key_position, position_of, type_name
 
 SCHEMA_NAME = "manifest-v1.schema.json"
 # section -> the $defs entry its values follow
-SECTIONS = {"networks": "network", "vlans": "vlan", "containers": "container"}
+SECTIONS = {"networks": "network", "vlans": "vlan", "containers": "container", "hosts": "host"}
 
 
 def schema_path() -> str:
@@ -358,7 +358,7 @@ _TYPE_WORDS = {
     "boolean": "true or false",
     "null": "empty",
 }
-_KIND = {"networks": "network", "vlans": "vlan", "containers": "container"}
+_KIND = {"networks": "network", "vlans": "vlan", "containers": "container", "hosts": "host"}
 
 
 def describe(path: Sequence[Any]) -> str:
@@ -433,6 +433,8 @@ def diagnostics(doc: Document) -> Tuple[List[Diagnostic], Set[Tuple[Any, ...]]]:
             where.add(path[:2])
         elif len(path) == 1 and path[0] in SECTIONS and "propertyNames" in e.relative_schema_path:
             where.add((path[0], e.instance))  # a bad name: that entry only
+        elif path and path[0] == "bgp":
+            where.add(("bgp",))  # the bgp section only (reconciler.manifest.fleet skips it)
         elif not path and e.validator == "additionalProperties":
             where.add(("*",))  # an unknown top-level key: entries are fine, names may be missing
         else:

@@ -630,4 +630,7 @@ def check(
     """Apply every semantic rule; returns the desired state and the problems found."""
     c = _Checker(collect(docs, schema_bad), incomplete)
     state = c.run()
+    from . import fleet  # SPEC 5.1: hosts:, bgp:, host:, block sizes
+
+    state = fleet.check(c, docs, schema_bad, state)
     return state, c.diags
