@@ -143,9 +143,10 @@ class BirdSync:
     host: Optional[str] = None  # default: the state's local host
     _failed: bool = False  # the last reload failed: try again even without a change (daemon)
 
-    def sync(self, desired) -> Dict[str, Any]:
+    def sync(self, desired, full=None) -> Dict[str, Any]:
         """Render, write when changed, reload BIRD when changed (or when the last reload of
-        this object failed: the daemon retries).
+        this object failed: the daemon retries). ``full``: the whole fleet state when
+        ``desired`` is one host's part (its peers and the fleet's subnets come from there).
         Never raises for BIRD's sake: the report says what happened."""
         from . import bird
         from .errors import ReconcilerError
@@ -155,7 +156,7 @@ class BirdSync:
         try:
             if not host:
                 raise ReconcilerError("--bird-config needs the host's name (--host) in a fleet manifest")
-            text = bird.render(desired, host)
+            text = bird.render(full if full is not None else desired, host)
         except ReconcilerError as e:
             report["error"] = f"cannot render the BIRD configuration: {e}"
             return report

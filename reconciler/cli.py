@@ -201,10 +201,21 @@ def _bird_sync(args: argparse.Namespace, desired):
     return BirdSync(args.bird_config, args.bird_socket or DEFAULT_SOCKET, host=_host_name(args, desired))
 
 
+def _full_state(paths, desired):
+    """The whole fleet when ``desired`` is one host's part (BIRD peers with every host and
+    imports every L3 network's routes); loaded again, only for --bird-config."""
+    if getattr(desired, "local_host", None) is None:
+        return desired
+    from .manifest import load
+
+    return load(paths)
+
+
 def cmd_bird_config(args: argparse.Namespace) -> int:
     from .bird import render
+    from .manifest import load
 
-    desired = _load(args.paths)
+    desired = load(args.paths)  # the whole fleet: never narrowed
     sys.stdout.write(render(desired, _host_name(args, desired)))
     return 0
 
@@ -337,7 +348,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     with _kernel() as kernel:
         out = engine.apply(desired, store, kernel, rollback=args.rollback, lock_timeout=args.lock_timeout)
     bird_sync = _bird_sync(args, desired)
-    bird = bird_sync.sync(desired) if bird_sync is not None else None
+    bird = bird_sync.sync(desired, _full_state(args.paths, desired)) if bird_sync is not None else None
     if args.format == "json":
         data = _result_json(out)
         if bird is not None:

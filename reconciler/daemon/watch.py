@@ -133,6 +133,7 @@ class Daemon:
         self._status_warned = False
         self._last_status_line = ""
         self.bird_sync = None  # --bird-config: a birdctl.BirdSync, run after every reconcile
+        self._bird_full = None  # (desired state in force, the whole fleet it was narrowed from)
 
     # pluggable parts (tests replace them) --------------------------------------------------
     def load(self, paths):
@@ -408,7 +409,18 @@ class Daemon:
         if self.bird_sync is None or desired is None:
             return
         try:
-            report = self.bird_sync.sync(desired)
+            full = desired
+            if getattr(desired, "local_host", None) is not None:  # one host's part: BIRD needs the fleet
+                if self._bird_full is None or self._bird_full[0] is not desired:
+                    if self._loader is not None:
+                        loaded = self._loader(self.paths)
+                    else:
+                        from ..manifest import load
+
+                        loaded = load(self.paths, self.parse_cache)  # unchanged files: not parsed again
+                    self._bird_full = (desired, loaded)
+                full = self._bird_full[1]
+            report = self.bird_sync.sync(desired, full)
         except Exception as e:  # never let BIRD take the container work down
             report = {"config": self.bird_sync.path, "changed": False, "reloaded": False, "error": f"internal error: {e}"}
         previous = self.status.bird or {}
