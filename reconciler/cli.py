@@ -28,6 +28,9 @@ def _paths_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _state_dir_arg(p: argparse.ArgumentParser) -> None:
+    from .fleetcli import host_arg
+
+    host_arg(p)  # every command that takes a state dir takes --host too (SPEC 5.1)
     p.add_argument(
         "--state-dir",
         default=DEFAULT_STATE_DIR,
@@ -52,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         "reported as file:line:col. Exit 0 when valid, 1 otherwise.",
     )
     _paths_arg(p)
+    from .fleetcli import host_arg
+
+    host_arg(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     p.set_defaults(func=cmd_validate)
 
@@ -79,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--live-state",
         metavar="FILE",
         help="with --offline: the JSON printed by `ipvlanctl status --format json` on a host",
+    )
+    p.add_argument(
+        "--all-hosts",
+        action="store_true",
+        help="with --offline, for a fleet manifest: print every host's plan (no --host needed)",
     )
     p.set_defaults(func=cmd_plan)
 
@@ -223,21 +234,25 @@ def cmd_bird_config(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .manifest import load
 
+    from .fleetcli import validate_host
+
     desired = load(args.paths)
+    hosts = validate_host(desired, args)
     for w in desired.warnings:
         print(str(w), file=sys.stderr)
     if not args.quiet:
         print(
             f"OK: {len(desired.networks)} networks, {len(desired.vlans)} vlans, "
-            f"{len(desired.containers)} containers"
+            f"{len(desired.containers)} containers{hosts}"
         )
     return 0
 
 
-def _load(paths):
+def _load(paths, args=None):
+    from .fleetcli import narrow
     from .manifest import load
 
-    return load(paths)
+    return narrow(load(paths), args)  # a fleet manifest: this host's part
 
 
 def _kernel():
@@ -258,7 +273,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .render import render_json, render_text
     from .state import StateStore
 
-    desired = _load(args.paths)
+    if args.all_hosts:
+        from .fleetcli import plan_all_hosts
+
+        return plan_all_hosts(args)
+    desired = _load(args.paths, args)
     store = StateStore(args.state_dir)
     if args.live_state and not args.offline:
         raise ReconcilerError("--live-state needs --offline")
@@ -343,7 +362,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .render import render_text
     from .state import StateStore
 
-    desired = _load(args.paths)
+    desired = _load(args.paths, args)
     store = StateStore(args.state_dir)
     with _kernel() as kernel:
         out = engine.apply(desired, store, kernel, rollback=args.rollback, lock_timeout=args.lock_timeout)

@@ -107,7 +107,8 @@ def resolve_host(state: DesiredState, host: Optional[str]) -> str:
     known = ", ".join(state.hosts) or "none"
     raise UnknownHost(
         f"{how} is not a host of this fleet manifest (hosts: {known}); "
-        "give --host NAME with one of them (a host not under hosts: applies nothing)"
+        "give --host NAME with one of them (a host not under hosts: applies nothing; "
+        "`plan --offline --all-hosts` shows every host's plan)"
     )
 
 

@@ -173,14 +173,20 @@ class _BlockPool(_Pool):
 
 
 def _pool_for(desired: DesiredState, net: Network, subs: Sequence[Subnet]) -> _Pool:
-    """The pool of one network and family: a fleet host's blocks, else the whole ranges."""
+    """The pool of one network and family: a fleet host's blocks, else the whole ranges.
+    The fleet's underlay addresses (hosts' address/address6) are never handed out."""
     hid = fleet.local_host_id(desired)
     if hid is None or not subs or fleet.block_size_of(net, subs[0].version) is None:
         return _Pool(subs)
     blocks = [fleet.host_block(net, s, hid) for s in subs]
     size = fleet.block_size_of(net, subs[0].version)
     shown = ", ".join(str(b) for b in blocks if b is not None) or "none"
-    return _BlockPool(subs, blocks, f" in block {hid} of host {desired.local_host} ({shown}; block size /{size})")
+    pool = _BlockPool(subs, blocks, f" in block {hid} of host {desired.local_host} ({shown}; block size /{size})")
+    for h in desired.hosts.values():
+        for a in (h.address, h.address6):
+            if a is not None and a.version == subs[0].version:
+                pool.reserve(a)
+    return pool
 
 
 def _overlaps_any(net: IPNetwork, others: Sequence[IPNetwork]) -> bool:

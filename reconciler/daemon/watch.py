@@ -89,6 +89,7 @@ class Daemon:
         kernel_factory: Optional[Callable] = None,
         notifier: Optional[Notifier] = None,
         clock: Callable[[], float] = time.monotonic,
+        host: Optional[str] = None,  # fleet manifests: --host (None: this machine's name)
     ):
         from ..state import StateStore
 
@@ -107,6 +108,7 @@ class Daemon:
         self.metrics = Metrics()
         self.status = DaemonStatus(manifest_paths=list(self.paths), state_dir=state_dir)
         self._loader = loader
+        self.host = host
         from ..manifest import ParseCache
 
         self.parse_cache = ParseCache()  # an edit re-parses only the files it changed
@@ -137,11 +139,13 @@ class Daemon:
 
     # pluggable parts (tests replace them) --------------------------------------------------
     def load(self, paths):
+        from ..fleet import narrow  # a fleet manifest: this host's part (unknown host: invalid)
+
         if self._loader is not None:
-            return self._loader(paths)
+            return narrow(self._loader(paths), self.host)
         from ..manifest import load
 
-        return load(paths, self.parse_cache)
+        return narrow(load(paths, self.parse_cache), self.host)
 
     def apply(self, desired):
         from .. import engine
@@ -654,6 +658,7 @@ def run_watch(args: argparse.Namespace) -> int:
         lock_timeout=getattr(args, "lock_timeout", 30.0),
         backoff_cap=getattr(args, "max_backoff", 60.0),
         metrics_addr=getattr(args, "metrics_addr", None),
+        host=getattr(args, "host", None),
     )
     if getattr(args, "bird_config", None):
         from ..birdctl import DEFAULT_SOCKET, BirdSync

@@ -322,15 +322,16 @@ class _Fleet:
                     continue
                 what = "range" if s.ip_range is not None else "subnet"
                 has = f"blocks 0-{count - 1}" if count else "no whole block"
+                who = ", ".join(f"host {h.name} (id {h.id})" for h in short)
                 self.err_at(s.loc, f"network {net.name}: {what} {rng} holds {count} block(s) of /{size} "
-                            f"({has}), but " + ", ".join(f"host {h.name} (id {h.id})" for h in short) +
-                            f" use{'s' if len(short) == 1 else ''} the network and need{'s' if len(short) == 1 else ''} "
-                            "block number id; use a larger range, a longer block size or smaller host ids")
+                            f"({has}), too few for {who} using the network (host k hands out addresses "
+                            "from block k); use a larger range, a longer block size or smaller host ids")
 
     # ---- explicit addresses in other hosts' blocks ---------------------------------------------
 
     def explicit_addresses(self, networks: Dict[str, Network], containers: Dict[str, Container]) -> None:
         by_id = {h.id: h for h in self.hosts.values() if h.id is not None}
+        underlay = {a: h for h in self.hosts.values() for a in (h.address, h.address6) if a is not None}
         centries = {}
         for e in self.c.entries.get("containers", ()):
             centries.setdefault(e.name, e)
@@ -343,6 +344,12 @@ class _Fleet:
                     continue
                 for key, addr in (("ip", att.ip), ("ip6", att.ip6)):
                     if addr is None:
+                        continue
+                    if addr in underlay and not net.internal:
+                        e = centries[c.name]
+                        h = underlay[addr]
+                        self.err(e.doc, _att_pos(e, att.network, key), f"container {c.name} network "
+                                 f"{net.name}: {key} {addr} is the underlay address of host {h.name} ({h.loc})")
                         continue
                     size = block_size_of(net, addr.version)
                     if size is None:
