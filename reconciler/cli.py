@@ -172,17 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         "of a fleet manifest with bgp:.",
     )
     _paths_arg(p)
-    _host_arg(p)
+    from .fleetcli import host_arg
+
+    host_arg(p)
     p.set_defaults(func=cmd_bird_config)
     return parser
-
-
-def _host_arg(p: argparse.ArgumentParser) -> None:
-    try:
-        p.add_argument("--host", metavar="NAME", default=None,
-                       help="the host's name under hosts: (default: this system's host name)")
-    except argparse.ArgumentError:
-        pass  # already there
 
 
 def _bird_args(p: argparse.ArgumentParser) -> None:
@@ -223,11 +217,16 @@ def _full_state(paths, desired):
 
 
 def cmd_bird_config(args: argparse.Namespace) -> int:
+    from .errors import UserError
     from .bird import render
     from .manifest import load
 
+    from .fleet import resolve_host
+
     desired = load(args.paths)  # the whole fleet: never narrowed
-    sys.stdout.write(render(desired, _host_name(args, desired)))
+    if not desired.fleet:
+        raise UserError("bird-config needs a fleet manifest (hosts: and bgp:)")
+    sys.stdout.write(render(desired, resolve_host(desired, getattr(args, "host", None))))
     return 0
 
 
