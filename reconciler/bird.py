@@ -53,9 +53,11 @@ def _prefix_set(nets: Sequence, bits: int) -> str:
     return "[ " + ", ".join(f"{n}{{{bits},{bits}}}" for n in nets) + " ]"
 
 
-def _timers(bgp: Bgp) -> List[str]:
-    lines = ["connect retry time 2;", "error wait time 1, 5;"]
-    if bgp.bfd is not None:
+def _timers(bgp: Bgp, bfd: bool = True) -> List[str]:
+    # connect delay: BIRD waits 5 s by default before its first connect after every (re)start
+    # of the session, on top of the error wait: a healed partition would take ~10 s
+    lines = ["connect delay time 1;", "connect retry time 2;", "error wait time 1, 5;"]
+    if bfd and bgp.bfd is not None:
         lines.append("bfd on;")
     else:
         lines += ["hold time 6;", "keepalive time 2;"]
@@ -195,7 +197,8 @@ def render(state: DesiredState, host_name: str) -> str:
         w(f"  description \"peer {peer.address} AS {peer.asn}\";")
         w(f"  local {local} as {bgp.asn};")
         w(f"  neighbor {peer.address} as {peer.asn};")
-        for line in _timers(bgp):
+        # no BFD: an outside router may not speak it (BIRD would hold the session down)
+        for line in _timers(bgp, bfd=False):
             w(f"  {line}")
         w(f"  ipv{fam} {{")
         w("    import none;")

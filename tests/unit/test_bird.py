@@ -117,7 +117,12 @@ def test_route_reflectors():
 def test_bfd_block_and_bfd_on_replace_short_hold_timers():
     text = bird.render(fleet(Bgp(asn=64512, bfd=Bfd(interval_ms=100, multiplier=5))), "h1")
     assert "protocol bfd {" in text and "min rx interval 100 ms;" in text and "multiplier 5;" in text
-    assert "bfd on;" in text and "hold time" not in text
+    fleet4 = text.split("template bgp fleet4 {")[1].split("\n}")[0]
+    assert "bfd on;" in fleet4 and "hold time" not in fleet4
+    # extra peers (routers outside the fleet) keep the short BGP timers, no BFD
+    bgp = Bgp(asn=64512, bfd=Bfd(), peers=(BgpPeer(A("192.168.1.1"), 65000),))
+    peer = bird.render(fleet(bgp), "h1").split("protocol bgp peer_192_168_1_1 {")[1].split("\n}")[0]
+    assert "bfd on" not in peer and "hold time 6;" in peer
 
 
 def test_extra_peers_get_this_hosts_routes_only_and_give_none():
