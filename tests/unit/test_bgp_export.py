@@ -160,3 +160,84 @@ def test_live_state_json_round_trip_keeps_exports():
 
     again = load_state_json(json.dumps(state_json(live)))
     assert list(again) == list(live)
+
+
+# ---- the engine: the export table is observed before and after a crash ------------------------
+
+
+class FakeKernel:
+    """Just enough of kernel.host.Kernel for engine.apply: a host namespace with eth0
+    (192.168.1.11/24) and the routes of ours in the tables asked for."""
+
+    def __init__(self, exports=()):
+        from reconciler.kernel.netlink import WriteCounter
+
+        self.counter = WriteCounter()
+        self.exports = list(exports)
+        self.tables_asked = []
+
+    def snapshot(self, is_ours, previous=None, still_valid=None, tables=()):
+        import socket
+
+        from reconciler.kernel.host import NsView, Snapshot
+        from reconciler.kernel.netlink import AddrRec, LinkRec
+
+        self.tables_asked.append(tuple(tables))
+        host = NsView("", full=True)
+        host.links = [LinkRec(index=2, name="eth0", flags=1), LinkRec(index=3, name="eth1", flags=1)]
+        host.addrs = [AddrRec(2, socket.AF_INET, 24, "192.168.1.11", 0, 0),
+                      AddrRec(3, socket.AF_INET, 24, "172.16.0.1", 0, 0)]
+        return Snapshot(host=host, namespaces={}, hosts_files={},
+                        exports=[r for r in self.exports if r.table in tables])
+
+
+class Killed(BaseException):
+    pass
+
+
+def test_kill_mid_apply_leaves_no_export_behind_after_the_next_run(tmp_path, monkeypatch):
+    """The table is written ahead to the state directory before anything is created; a run
+    killed after creating routes, followed by a run without bgp:, still observes the table
+    and deletes them. A single-host run never asks for the table."""
+    import socket
+
+    import reconciler.kernel.apply as kapply
+    from reconciler.kernel.netlink import RouteRec
+
+    store = StateStore(str(tmp_path))
+    k = FakeKernel()
+
+    def killed(actions, kernel, snap):
+        # the kernel now holds the route (made before the kill)
+        kernel.exports.append(RouteRec(socket.AF_INET, "10.40.1.5", 32, None, 2, 200, 149, 253, 1))
+        raise Killed()
+
+    monkeypatch.setattr(kapply, "execute", killed)
+    d = fleet()
+    try:
+        engine.apply(d, store, k)
+    except Killed:
+        pass
+    assert store.load().export_tables == (200,)
+    assert k.tables_asked == [(200,)]
+
+    captured = []
+
+    def record(actions, kernel, snap):
+        from reconciler.kernel.apply import ApplyResult
+
+        captured.extend(actions)
+        kernel.exports = []
+        return ApplyResult(done=list(actions))
+
+    monkeypatch.setattr(kapply, "execute", record)
+    nobgp = DesiredState({"l3a": d.networks["l3a"]}, {}, {}, hosts=HOSTS, bgp=None, local_host="h1")
+    out = engine.apply(nobgp, store, k)
+    assert [(a.op, a.key) for a in captured if a.kind is Kind.EXPORT] == [
+        (Op.DELETE, (Kind.EXPORT, 200, "10.40.1.5/32"))
+    ]
+    assert out.converged, (out.verify, out.result)
+    assert store.load().export_tables == ()  # nothing of ours can be there any more
+    k.tables_asked.clear()
+    engine.apply(DesiredState(), store, k)
+    assert k.tables_asked and set(k.tables_asked) == {()}  # no extra dump: not a fleet with bgp
