@@ -110,13 +110,20 @@ def fleet(tmp_path_factory):
         f.close()
 
 
+def bird_up(fleet) -> None:
+    """BIRD on every host, from the configuration bird-config renders (a test run alone with
+    -k finds the fleet without it)."""
+    for h in fleet.hosts:
+        if h.bird is None or h.bird.poll() is not None:
+            p = h.ipvlanctl("bird-config", "--host", h.name, fleet.manifests, check=True)
+            h.start_bird(p.stdout)
+    wait_for(lambda: all(h.established() == 2 for h in fleet.hosts), BGP_WAIT, "a full iBGP mesh")
+
+
 def test_fleet_bird_routes_added_by_hand_propagate(fleet):
     """BIRD alone, from the configurations bird-config renders: a host route of ours in table
     200 on h1 shows up in h2's and h3's main tables via h1's address, and goes away again."""
-    for h in fleet.hosts:
-        p = h.ipvlanctl("bird-config", "--host", h.name, fleet.manifests, check=True)
-        h.start_bird(p.stdout)
-    wait_for(lambda: all(h.established() == 2 for h in fleet.hosts), BGP_WAIT, "a full iBGP mesh")
+    bird_up(fleet)
     h1, h2, h3 = fleet.hosts
     h1.sh(["ip", "route", "add", "10.40.9.9/32", "dev", "eth0", "proto", "149", "table", "200"])
     h1.sh(["ip", "route", "add", "10.40.9.10/32", "dev", "eth0", "proto", "static", "table", "200"])  # not ours
@@ -200,6 +207,7 @@ def test_fleet_watch_on_every_host_converges_one_edit(fleet):
     CONTAINERS["api1"] = "  api1: {host: h1, networks: {l3a: {}}}\n"
     CONTAINERS["api2"] = "  api2: {host: h2, networks: {l3a: {}}}\n"
     CONTAINERS["api3"] = "  api3: {host: h3, networks: {l3a: {}}}\n"
+    bird_up(fleet)
     for h in fleet.hosts:
         h.start_watch(fleet.manifests)
     try:
@@ -212,6 +220,11 @@ def test_fleet_watch_on_every_host_converges_one_edit(fleet):
         wait_for(lambda: all(api[o.name] in h.bgp_routes() for h in fleet.hosts for o in fleet.hosts if o is not h),
                  BGP_WAIT, "api1-3's routes on every other host")
         assert ping(fleet.hosts[0], "api1", api["h3"])
+        # drift: an export route deleted by hand is put back by the daemon (and re-announced)
+        h1 = fleet.hosts[0]
+        h1.sh(["ip", "route", "del", f"{api['h1']}/32", "table", "200"])
+        wait_for(lambda: api["h1"] in h1.routes("200") and api["h1"] in fleet.hosts[1].bgp_routes(), 60,
+                 "api1's export route repaired by h1's daemon")
     finally:
         for h in fleet.hosts:
             h.stop_watch()
