@@ -247,11 +247,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(paths, args=None):
-    from .fleetcli import narrow
+def _load(paths, host=None):
+    from .fleet import narrow
     from .manifest import load
 
-    return narrow(load(paths), args)  # a fleet manifest: this host's part
+    return narrow(load(paths), host)  # a fleet manifest: this host's part (None: this machine)
 
 
 def _kernel():
@@ -276,7 +276,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from .fleetcli import plan_all_hosts
 
         return plan_all_hosts(args)
-    desired = _load(args.paths, args)
+    desired = _load(args.paths, args.host)
     store = StateStore(args.state_dir)
     if args.live_state and not args.offline:
         raise ReconcilerError("--live-state needs --offline")
@@ -361,7 +361,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .render import render_text
     from .state import StateStore
 
-    desired = _load(args.paths, args)
+    desired = _load(args.paths, args.host)
     store = StateStore(args.state_dir)
     with _kernel() as kernel:
         out = engine.apply(desired, store, kernel, rollback=args.rollback, lock_timeout=args.lock_timeout)

@@ -23,13 +23,6 @@ def host_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def narrow(desired: DesiredState, args: argparse.Namespace) -> DesiredState:
-    """The part of ``desired`` this command works on: one host's for a fleet manifest."""
-    from . import fleet
-
-    return fleet.narrow(desired, getattr(args, "host", None))
-
-
 def validate_host(desired: DesiredState, args: argparse.Namespace) -> str:
     """validate checks the whole fleet; with --host also that the host is one of it.
     Returns words for the OK line ("" for a single-host manifest)."""

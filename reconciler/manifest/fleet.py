@@ -10,7 +10,6 @@ across the whole directory (the rules of section 2 see every host's containers a
 from __future__ import annotations
 
 import difflib
-import ipaddress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set, Tuple
 
