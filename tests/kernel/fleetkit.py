@@ -4,7 +4,8 @@ Layout (everything inside namespaces; the root namespace's links are never touch
 
 - namespace ``<prefix>sw``: a bridge ``br0``, the "switch";
 - per host ``hN`` (N = 1, 2, ...): network namespace ``<prefix>hN`` with ``eth0`` (a veth whose
-  peer ``vethN`` is a port of ``br0``), 192.168.1.1N/24, up; plus a private mount namespace
+  peer ``vethN`` is a port of ``br0``), 192.168.1.1N/24 (and 2001:db8:1::1N/64 with
+  ``v6=True``), up; plus a private mount namespace
   kept alive by a *holder* process, with its own tmpfs on /run/netns and /etc/netns, so each
   host has its own named namespaces (containers) and hosts files:
 
@@ -34,6 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UNDERLAY = "192.168.1.{}"
+UNDERLAY6 = "2001:db8:1::{}"
 
 
 def _run(argv: Sequence[str], check: bool = True, timeout: float = 120, input: Optional[str] = None):
@@ -63,6 +65,7 @@ class FleetHost:
         self.name = f"h{n}"
         self.netns = f"{fleet.prefix}h{n}"
         self.address = UNDERLAY.format(10 + n)
+        self.address6 = UNDERLAY6.format(10 + n) if fleet.v6 else None
         self.veth = f"veth{n}"
         self.dir = os.path.join(fleet.dir, self.name)
         self.state_dir = os.path.join(self.dir, "state")
@@ -82,6 +85,8 @@ class FleetHost:
         _run(["ip", "-n", sw, "link", "set", self.veth, "master", "br0", "up"])
         _run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
         _run(["ip", "-n", self.netns, "addr", "add", f"{self.address}/24", "dev", "eth0"])
+        if self.address6:
+            _run(["ip", "-n", self.netns, "addr", "add", f"{self.address6}/64", "dev", "eth0", "nodad"])
         _run(["ip", "-n", self.netns, "link", "set", "eth0", "up"])
         script = "mount -t tmpfs tmpfs /run/netns && mount -t tmpfs tmpfs /etc/netns && exec sleep infinity"
         os.makedirs("/run/netns", exist_ok=True)
@@ -190,9 +195,9 @@ class FleetHost:
         out = _run(["ip", family, "-n", self.netns, "-j", "route", "show", "table", table]).stdout
         return {r["dst"]: r for r in (json.loads(out) if out.strip() else [])}
 
-    def bgp_routes(self) -> Dict[str, str]:
+    def bgp_routes(self, family: str = "-4") -> Dict[str, str]:
         """Main-table routes BIRD installed: dst -> gateway."""
-        return {d: r.get("gateway", "") for d, r in self.routes().items() if r.get("protocol") == "bird"}
+        return {d: r.get("gateway", "") for d, r in self.routes(family=family).items() if r.get("protocol") == "bird"}
 
     def cut(self) -> None:
         """Take this host off the switch: the bridge port stops forwarding (carrier stays up)."""
@@ -222,11 +227,12 @@ def _stop(p: Optional[subprocess.Popen], sig: int) -> None:
 
 
 class Fleet:
-    def __init__(self, n: int = 3, prefix: str = "kf-", workdir: Optional[str] = None):
+    def __init__(self, n: int = 3, prefix: str = "kf-", workdir: Optional[str] = None, v6: bool = False):
         for tool in ("nsenter", "unshare", "bridge", "bird", "birdc"):
             if shutil.which(tool) is None:
                 raise AssertionError(f"{tool} is not installed (BIRD: apt-get install bird2)")
         self.prefix = prefix
+        self.v6 = v6  # hosts also get 2001:db8:1::1N/64 on eth0
         self.sw = f"{prefix}sw"
         self.dir = workdir or tempfile.mkdtemp(prefix="ipvlan-fleet-")
         self.hosts: List[FleetHost] = []

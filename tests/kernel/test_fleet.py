@@ -242,3 +242,44 @@ def test_fleet_validation_error_exits_1_and_changes_nothing(fleet):
         assert (containers_on(h1), sorted(h1.routes("200"))) == before
     finally:
         os.unlink(os.path.join(fleet.manifests, "broken.yaml"))
+
+
+def test_fleet_ipv6_l3_containers_reach_each_other_over_bgp(tmp_path):
+    """Dual stack: hosts with address6 on eth0 announce their containers' /128s over an IPv6
+    session; next hop = the announcing host's address6 (own small fleet: two hosts)."""
+    f = Fleet(2, prefix="kf6-", workdir=str(tmp_path / "fleet6"), v6=True)
+    try:
+        d = os.path.join(f.dir, "manifests")
+        os.makedirs(d)
+        with open(os.path.join(d, "fleet.yaml"), "w") as fh:
+            fh.write(textwrap.dedent("""\
+                version: 1
+                hosts:
+                  h1: {id: 1, address: 192.168.1.11, address6: "2001:db8:1::11"}
+                  h2: {id: 2, address: 192.168.1.12, address6: "2001:db8:1::12"}
+                bgp: {asn: 64512}
+                networks:
+                  l3v6:
+                    ipvlan_mode: l3
+                    parent: eth0
+                    ipv6: true
+                    subnets: [{subnet: 10.41.0.0/16}, {subnet: "2001:db8:41::/64"}]
+                    block_size: 24
+                    block_size6: 80
+                containers:
+                  a1: {host: h1, networks: {l3v6: {}}}
+                  a2: {host: h2, networks: {l3v6: {}}}
+                """))
+        f.manifests = d
+        for h in f.hosts:
+            p = h.ipvlanctl("bird-config", "--host", h.name, d, check=True)
+            h.start_bird(p.stdout)
+        apply_all(f, d)
+        h1, h2 = f.hosts
+        v6 = {h.name: next(a for a in addrs(h, f"a{h.n}", "eth0") if a.version == 6) for h in f.hosts}
+        assert str(v6["h1"]) in h1.routes("200", "-6")
+        wait_for(lambda: h2.bgp_routes("-6").get(str(v6["h1"])) == "2001:db8:1::11"
+                 and h1.bgp_routes("-6").get(str(v6["h2"])) == "2001:db8:1::12", BGP_WAIT, "the /128s on the other host")
+        assert ping(h1, "a1", v6["h2"]) and ping(h2, "a2", v6["h1"])
+    finally:
+        f.close()
