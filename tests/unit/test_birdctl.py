@@ -91,3 +91,52 @@ def test_parse_show_protocols_and_status(fake_birdc):
     assert [s["name"] for s in st["sessions"]] == ["host4_h2", "host4_h3"]
     reply.write_text("Unable to connect to server control socket (/x/bird.ctl): Connection refused\n")
     assert birdctl.bird_status("/x/bird.ctl")["running"] is False
+
+
+def test_daemon_keeps_bird_config_from_the_whole_fleet_and_reports_problems(tmp_path, fake_birdc):
+    """watch --bird-config: rendered from the whole fleet although the daemon enforces one
+    host's part (the fleet's every L3 subnet is imported), reloaded on change only, and a
+    failing BIRD lands in the status, never in the reconcile."""
+    from dataclasses import replace
+
+    from reconciler.daemon.watch import Daemon
+    from reconciler.model import Attachment, Container
+
+    log, reply = fake_birdc
+    full = fleet()
+    full = replace(full, containers={"c1": full.containers["c1"],
+                                     "c2": Container("c2", (Attachment("l3s", "eth0"),), host="h2")})
+    d = Daemon([str(tmp_path)], str(tmp_path / "state"), status_file=None, loader=lambda paths: full,
+               kernel_factory=lambda: None, host="h1")
+    conf = tmp_path / "bird.conf"
+    d.bird_sync = BirdSync(str(conf), socket="/x/bird.ctl")
+    mine = d.load([str(tmp_path)])
+    assert mine.local_host == "h1" and "l3s" not in mine.networks  # h1's part: no l3s
+    d.sync_bird(mine)
+    assert d.status.bird["error"] is None and d.status.bird["changed"] is True
+    assert "10.41.0.0/24{32,32}" in conf.read_text()  # ... but BIRD imports the fleet's l3s routes
+    assert "router id 192.168.1.11;" in conf.read_text()
+    d.sync_bird(mine)
+    assert log.read_text().count("configure") == 1
+    reply.write_text("Unable to connect to server control socket (/x/bird.ctl): Connection refused\n")
+    conf.write_text("stale\n")
+    d.sync_bird(mine)
+    assert "Unable to connect" in d.status.bird["error"]
+    assert d.status.to_json()["bird"]["error"] == d.status.bird["error"]
+
+
+def test_cli_bird_config(tmp_path, capsys):
+    from reconciler.cli import main
+
+    fleet_dir = os.path.join(os.path.dirname(__file__), "..", "..", "manifests", "examples", "fleet")
+    assert main(["bird-config", "--host", "h2", fleet_dir]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# BIRD 2 configuration of host h2")
+    assert "router id 192.168.1.12;" in out and "neighbor 192.168.1.11 as 64512;" in out
+    assert "10.40.0.0/16{32,32}" in out and "10.20.0.0" not in out  # l3a announced, lan20 (L2) never
+    assert main(["bird-config", "--host", "h9", fleet_dir]) == 1
+    assert "h9" in capsys.readouterr().err
+    single = tmp_path / "one.yaml"
+    single.write_text("version: 1\nnetworks:\n  n: {}\n")
+    assert main(["bird-config", "--host", "h1", str(single)]) == 1
+    assert "fleet manifest" in capsys.readouterr().err
