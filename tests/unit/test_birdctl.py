@@ -140,3 +140,16 @@ def test_cli_bird_config(tmp_path, capsys):
     single.write_text("version: 1\nnetworks:\n  n: {}\n")
     assert main(["bird-config", "--host", "h1", str(single)]) == 1
     assert "fleet manifest" in capsys.readouterr().err
+
+
+def test_status_text_shows_bird():
+    from reconciler.cli import status_text
+
+    base = {"summary": {"networks": [], "containers": []}}
+    text = status_text(dict(base, bird={"running": True, "established": 1, "sessions": [
+        {"name": "host4_h2", "state": "up", "info": "Established", "since": ""},
+        {"name": "host4_h3", "state": "start", "info": "Connect", "since": ""}]}))
+    assert "BIRD: running, 1 of 2 BGP session(s) established" in text
+    assert "host4_h3" in text and "Connect" in text
+    text = status_text(dict(base, bird={"running": False, "error": "Unable to connect"}))
+    assert "BIRD: not running (Unable to connect); this host's routes are not announced" in text
