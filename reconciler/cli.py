@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wait this long for another apply to finish (default 60; 0 fails at once)",
     )
+    _bird_args(p)
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser(
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .daemon.options import add_watch_arguments
 
     add_watch_arguments(p)
+    _bird_args(p)
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser(
@@ -178,9 +180,76 @@ def build_parser() -> argparse.ArgumentParser:
         help="the daemon's status file; when it exists its content is shown as \"daemon\" "
         f"(default {DEFAULT_STATUS_FILE})",
     )
+    p.add_argument("--bird-socket", metavar="PATH", default=None,
+                   help="BIRD's control socket: report whether BIRD runs and its BGP sessions "
+                   "(default: /run/bird/bird.ctl when it exists)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "bird-config",
+        help="print the BIRD 2 configuration of one fleet host (SPEC 5.2)",
+        description="Print the complete, deterministic BIRD 2 configuration that announces "
+        "this host's L3 container routes (kernel table bgp.table) over BGP to the other hosts "
+        "of a fleet manifest with bgp:.",
+    )
+    _paths_arg(p)
+    from .fleetcli import host_arg
+
+    host_arg(p)
+    p.set_defaults(func=cmd_bird_config)
     decorate(parser, sub)
     return parser
+
+
+def _bird_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bird-config", metavar="PATH", default=None,
+                   help="fleet with bgp: keep BIRD's configuration file PATH current (atomic "
+                   "write; `birdc configure` when it changed); a missing or failing BIRD is "
+                   "reported, never fatal")
+    p.add_argument("--bird-socket", metavar="PATH", default=None,
+                   help="BIRD's control socket for birdc (default /run/bird/bird.ctl)")
+
+
+def _host_name(args: argparse.Namespace, desired=None) -> str:
+    name = getattr(args, "host", None) or (getattr(desired, "local_host", None) if desired is not None else None)
+    if name:
+        return name
+    import socket
+
+    return socket.gethostname()
+
+
+def _bird_sync(args: argparse.Namespace, desired):
+    """apply/watch --bird-config: the BirdSync keeping that file current, or None."""
+    if not getattr(args, "bird_config", None):
+        return None
+    from .birdctl import DEFAULT_SOCKET, BirdSync
+
+    return BirdSync(args.bird_config, args.bird_socket or DEFAULT_SOCKET, host=_host_name(args, desired))
+
+
+def _full_state(paths, desired):
+    """The whole fleet when ``desired`` is one host's part (BIRD peers with every host and
+    imports every L3 network's routes); loaded again, only for --bird-config."""
+    if getattr(desired, "local_host", None) is None:
+        return desired
+    from .manifest import load
+
+    return load(paths)
+
+
+def cmd_bird_config(args: argparse.Namespace) -> int:
+    from .errors import UserError
+    from .bird import render
+    from .manifest import load
+
+    from .fleet import resolve_host
+
+    desired = load(args.paths)  # the whole fleet: never narrowed
+    if not desired.fleet:
+        raise UserError("bird-config needs a fleet manifest (hosts: and bgp:)")
+    sys.stdout.write(render(desired, resolve_host(desired, getattr(args, "host", None))))
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -268,7 +337,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         with _kernel() as kernel:
             state = store.load()
-            live, _ = engine.observe_host(kernel, state.intents)
+            live, _ = engine.observe_host(kernel, state.intents, tables=engine.export_tables(desired, state))
             planned = engine.plan_for(desired, live, state)
     plan = planned.plan
     if out_file:
@@ -363,12 +432,21 @@ def cmd_apply(args: argparse.Namespace) -> int:
     with _kernel() as kernel:
         out = engine.apply(desired, store, kernel, rollback=args.rollback, lock_timeout=args.lock_timeout,
                            check=check)
+    bird_sync = _bird_sync(args, desired)
+    bird = bird_sync.sync(desired, _full_state(args.paths, desired)) if bird_sync is not None else None
     if args.format == "json":
-        sys.stdout.write(json.dumps(_result_json(out), indent=2) + "\n")
+        data = _result_json(out)
+        if bird is not None:
+            data["bird"] = bird
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         if not (args.quiet and out.plan.empty and not out.plan.pending):
             sys.stdout.write(render_text(out.plan))
             sys.stdout.write(_result_text(out))
+        if bird is not None and (bird["error"] or bird["changed"] or not args.quiet):
+            from .birdctl import report_text
+
+            sys.stdout.write(report_text(bird))
     return out.exit_code
 
 
@@ -388,18 +466,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = StateStore(args.state_dir)
     with _kernel() as kernel:
         state = store.load()
-        live, _ = engine.observe_host(kernel, state.intents)
+        live, _ = engine.observe_host(kernel, state.intents, tables=state.export_tables)
     data = state_json(live, ula_prefix=engine.host_ula_prefix(state))
     from .daemon.status import read_status
 
     daemon = read_status(args.status_file) if args.status_file else None
     if daemon is not None:
         data["daemon"] = daemon
+    bird = _bird_status(args)
+    if bird is not None:
+        data["bird"] = bird
     if args.format == "json":
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return 0
     sys.stdout.write(status_text(data))
     return 0
+
+
+def _bird_status(args: argparse.Namespace):
+    import os
+
+    from .birdctl import DEFAULT_SOCKET, bird_status
+
+    sock = getattr(args, "bird_socket", None)
+    if sock is None and not os.path.exists(DEFAULT_SOCKET):
+        return None  # BIRD not configured on this host
+    return bird_status(sock or DEFAULT_SOCKET)
 
 
 def status_text(data: dict) -> str:
@@ -437,6 +529,16 @@ def _status_tables(s: dict) -> list:
 
 
 def _status_daemon(data: dict, out: list) -> str:
+    bird = data.get("bird")
+    if bird is not None:
+        out.append("")
+        if not bird.get("running"):
+            out.append(f"BIRD: not running ({bird.get('error')}); this host's routes are not announced")
+        else:
+            sessions = bird.get("sessions", [])
+            out.append(f"BIRD: running, {bird.get('established', 0)} of {len(sessions)} BGP session(s) established")
+            for s_ in sessions:
+                out.append(f"  {s_['name']:<24} {s_['state']:<6} {s_['info']}")
     extra = data.get("daemon")
     if extra:
         out.append("")
@@ -453,6 +555,8 @@ def _status_daemon(data: dict, out: list) -> str:
             out.append(f"  manifest paths missing: {', '.join(manifest['missing'])}")
         for p in extra.get("pending", [])[:10]:
             out.append(f"  pending: {p}")
+        if (extra.get("bird") or {}).get("error"):
+            out.append(f"  BIRD: {extra['bird']['error']}")
         errors = extra.get("last_errors") or []
         if errors:
             e = errors[-1]

@@ -16,6 +16,7 @@ from .objects import (
     Address,
     DummyLink,
     Endpoint,
+    ExportRoute,
     HostFacts,
     HostsFile,
     HostState,
@@ -176,6 +177,9 @@ def compile_state(
         memo.containers = kept
         memo.networks = dict(desired.networks)
 
+    if desired.bgp is not None and desired.local_host is not None:
+        objs.extend(_exports(desired, ready_networks, facts, offline, pending))
+
     return Compiled(
         desired=HostState(objs),
         pending=tuple(pending),
@@ -239,6 +243,63 @@ def _container_objects(c, desired: DesiredState, ready: List[bool]) -> Tuple[Tup
         route_objs[str(r.dst)] = r
     objs.extend(route_objs.values())
     return tuple(objs), tuple(problems)
+
+
+def _exports(
+    desired: DesiredState,
+    ready_networks: Dict[str, Network],
+    facts: Optional[HostFacts],
+    offline: bool,
+    pending: List[Pending],
+) -> List[KObject]:
+    """SPEC 5.2: one host route per address of this host's containers on each ready
+    non-internal L3/L3S network, in table ``bgp.table``. A family of a network is announced
+    only when the network's parent carries the host's underlay address of that family
+    (traffic for an L3 slave must arrive on its parent); otherwise that family's export is
+    pending with the reason, and the containers converge all the same."""
+    assert desired.bgp is not None and desired.local_host is not None
+    host = desired.hosts.get(desired.local_host)
+    if host is None:
+        return []
+    table = desired.bgp.table
+    links = facts.links if facts is not None else {}
+    announced: Dict[Tuple[str, int], bool] = {}
+    for net in ready_networks.values():
+        if not net.l3 or net.internal:
+            continue
+        for fam, addr in ((4, host.address), (6, host.address6)):
+            if not net.subnets_of(fam):
+                continue
+            parent = links.get(net.parent)
+            if addr is None:
+                ok, why = False, f"host {host.name} has no address{'' if fam == 4 else '6'}"
+            elif parent is None:
+                ok = offline or facts is None  # nothing known about the host: assume so
+                why = f"parent {net.parent} does not exist"
+            else:
+                ok = any(a.ip == addr for a in parent.addresses)
+                why = f"its parent {net.parent} does not carry the host's address {addr}"
+            announced[(net.name, fam)] = ok
+            if not ok:
+                what = "IPv4" if fam == 4 else "IPv6"
+                pending.append(Pending(f"bgp export of network {net.name} ({what})", f"not announced: {why}"))
+    out: Dict[str, KObject] = {}
+    for c in desired.containers.values():
+        if c.host is not None and c.host != desired.local_host:
+            continue
+        for att in c.attachments:
+            net = ready_networks.get(att.network)
+            if net is None:
+                continue
+            for fam, ip in ((4, att.ip), (6, att.ip6)):
+                if ip is None or not announced.get((net.name, fam)):
+                    continue
+                if not any(ip in s.cidr for s in net.subnets_of(fam)):
+                    continue  # reported by _container_objects
+                dst = (ipaddress.IPv4Network if fam == 4 else ipaddress.IPv6Network)((int(ip), 32 if fam == 4 else 128))
+                r = ExportRoute(table=table, dst=dst, dev=net.parent)
+                out.setdefault(str(dst), r)
+    return list(out.values())
 
 
 @dataclass

@@ -121,6 +121,20 @@ class ObservationCache:
     held: Optional["Held"] = None
 
 
+def wanted_export_tables(desired: DesiredState) -> Tuple[int, ...]:
+    """The host-namespace table our BGP exports live in (SPEC 5.2): only a fleet state
+    narrowed to this host, with ``bgp:``, has one; everything else pays no extra dump."""
+    if desired.bgp is not None and desired.local_host is not None:
+        return (desired.bgp.table,)
+    return ()
+
+
+def export_tables(desired: DesiredState, state: State) -> Tuple[int, ...]:
+    """Tables to observe: the wanted one, and any the state directory says may still hold
+    our exports (``bgp:`` removed or its table changed since)."""
+    return tuple(sorted(set(wanted_export_tables(desired)) | set(state.export_tables)))
+
+
 def observe_host(
     kernel: "Kernel",
     intents: Sequence[Key] = (),
@@ -128,6 +142,7 @@ def observe_host(
     still_valid: Optional["StillValid"] = None,
     cache: Optional[ObservationCache] = None,
     held: Optional["Held"] = None,
+    tables: Sequence[int] = (),
 ) -> Tuple[HostState, "Snapshot"]:
     from .kernel.handlers import observe
     from .objects import MARKER
@@ -139,7 +154,7 @@ def observe_host(
             return True
         return any(l.name == "lo" and l.alias == MARKER for l in links)
 
-    snap = kernel.snapshot(is_ours, previous=previous, still_valid=still_valid, held=held)
+    snap = kernel.snapshot(is_ours, previous=previous, still_valid=still_valid, held=held, tables=tables)
     if cache is not None:
         old = previous.namespaces if previous is not None else {}
         cache.reused = sum(1 for n, v in snap.namespaces.items() if old.get(n) is v)
@@ -191,12 +206,14 @@ def apply(
     phases: Dict[str, float] = {}
     with store.lock(lock_timeout):
         state = store.load()
+        tables = export_tables(desired, state)
+        final_tables = wanted_export_tables(desired)
         t = time.monotonic()
         if cache is not None:
-            live, snap = observe_host(kernel, state.intents, cache.snapshot, cache.still_valid, cache, cache.held)
+            live, snap = observe_host(kernel, state.intents, cache.snapshot, cache.still_valid, cache, cache.held, tables=tables)
             cache.snapshot = None  # until this run has a snapshot it can vouch for
         else:
-            live, snap = observe_host(kernel, state.intents)
+            live, snap = observe_host(kernel, state.intents, tables=tables)
         phases["observe"] = time.monotonic() - t
         t = time.monotonic()
         memo = cache.compile_memo if cache is not None else None
@@ -208,8 +225,9 @@ def apply(
         writes_before = kernel.counter.count
         out = ApplyOutcome(plan=plan)
         if plan.empty:
-            if planned.allocations != state.allocations or state.intents or state.problem:
-                store.save(State(allocations=planned.allocations))
+            if (planned.allocations != state.allocations or state.intents or state.problem
+                    or state.export_tables != final_tables):
+                store.save(State(allocations=planned.allocations, export_tables=final_tables))
             out.verify = plan_verify(plan)
             out.netlink_writes = kernel.counter.count - writes_before
             out.seconds = time.monotonic() - t0
@@ -222,7 +240,8 @@ def apply(
         # kill between the two leaves a plain file in /run/netns that carries no marker
         intents = tuple(a.key for a in plan.actions if a.op in (Op.CREATE, Op.REPLACE, Op.DELETE)
                         and a.kind in (Kind.VLAN, Kind.DUMMY, Kind.NETNS, Kind.ENDPOINT))
-        store.save(State(allocations=_merge_alloc(state.allocations, planned.allocations), intents=intents))
+        store.save(State(allocations=_merge_alloc(state.allocations, planned.allocations), intents=intents,
+                         export_tables=tables))
         t = time.monotonic()
         result = execute(plan.actions, kernel, snap)
         phases["apply"] = time.monotonic() - t
@@ -236,7 +255,7 @@ def apply(
             made |= {a.key for a, _ in result.failed if a.op is Op.DELETE}  # half-deleted: still ours
             intents = tuple(k for k in intents if k in made)
         if not result.ok and rollback and result.done:
-            live2, snap2 = observe_host(kernel, intents)
+            live2, snap2 = observe_host(kernel, intents, tables=tables)
             out.rollback = execute(rollback_plan(result.done), kernel, snap2)
             undone = {a.key for a in out.rollback.done}
             intents = tuple(k for k in intents if k not in undone)
@@ -250,9 +269,9 @@ def apply(
             def still_valid(name: str, view) -> bool:
                 return name not in touched and base(name, view)
 
-            live_after, snap_after = observe_host(kernel, intents, snap, still_valid, held=cache.held)
+            live_after, snap_after = observe_host(kernel, intents, snap, still_valid, held=cache.held, tables=tables)
         else:
-            live_after, snap_after = observe_host(kernel, intents)
+            live_after, snap_after = observe_host(kernel, intents, tables=tables)
         verify_state = State(allocations=planned.allocations)
         try:
             out.verify = plan_for(desired, live_after, verify_state, memo=memo).plan
@@ -265,9 +284,10 @@ def apply(
         if cache is not None and result.ok and out.verify.empty:
             cache.snapshot = snap_after
         if result.ok:
-            store.save(State(allocations=planned.allocations))
+            store.save(State(allocations=planned.allocations, export_tables=final_tables))
         else:
-            store.save(State(allocations=_merge_alloc(state.allocations, planned.allocations), intents=intents))
+            store.save(State(allocations=_merge_alloc(state.allocations, planned.allocations), intents=intents,
+                             export_tables=tables))
         out.netlink_writes = kernel.counter.count - writes_before
         out.seconds = time.monotonic() - t0
         out.phases = phases

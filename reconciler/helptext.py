@@ -104,6 +104,14 @@ Examples:
   # save this host's state, to plan against it elsewhere with `plan --offline --live-state`
   sudo ipvlanctl status --format json > web1.json
 """,
+    "bird-config": """\
+Examples:
+  # the BIRD 2 configuration of fleet host h1 (SPEC 5.2), checked by BIRD itself
+  ipvlanctl bird-config --host h1 fleet.d > /etc/bird/bird.conf && bird -p
+
+  # or let apply/watch keep it current and reload BIRD when it changes
+  sudo ipvlanctl apply --host h1 --bird-config /etc/bird/bird.conf fleet.d
+""",
 }
 
 MAIN_EPILOG = f"""\

@@ -37,6 +37,7 @@ class Kind(enum.IntEnum):
     ADDRESS = 5
     ROUTE = 6
     HOSTS = 7
+    EXPORT = 8  # host routes in the BGP table (SPEC 5.2): last to create, first to delete
 
     @property
     def label(self) -> str:
@@ -301,7 +302,32 @@ class HostsFile(KObject):
         return f"/etc/netns/{self.ns}/hosts"
 
 
-ALL_KINDS = (VlanLink, DummyLink, Netns, Endpoint, Sysctl, Address, Route, HostsFile)
+@dataclass(frozen=True)
+class ExportRoute(KObject):
+    """A host route (/32, /128) to one of this host's L3 containers, in the host namespace's
+    BGP table (``bgp.table``, never main), marked with our protocol: what BIRD announces
+    (SPEC 5.2), e.g. ``10.40.1.5/32 dev eth0 proto 149 table 200``."""
+
+    kind: ClassVar[Kind] = Kind.EXPORT
+    update_fields: ClassVar[Tuple[str, ...]] = ("dev",)
+
+    table: int
+    dst: IPNetwork
+    dev: str  # the network's parent
+
+    @property
+    def key(self) -> Key:
+        return (Kind.EXPORT, self.table, str(self.dst))
+
+    @property
+    def family(self) -> int:
+        return self.dst.version
+
+    def describe(self) -> str:
+        return f"{self.dst} dev {self.dev} table {self.table}"
+
+
+ALL_KINDS = (VlanLink, DummyLink, Netns, Endpoint, Sysctl, Address, Route, HostsFile, ExportRoute)
 CLASS_OF_KIND = {cls.kind: cls for cls in ALL_KINDS}
 
 

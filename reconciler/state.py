@@ -44,13 +44,19 @@ class State:
     allocations: Allocations = field(default_factory=Allocations)
     intents: Tuple[Key, ...] = ()
     problem: Optional[str] = None  # why the file could not be read (it was rebuilt)
+    # kernel tables of the host namespace that may hold our BGP exports (SPEC 5.2): observed
+    # even after `bgp:` leaves the manifests, so the routes left there are removed
+    export_tables: Tuple[int, ...] = ()
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "version": STATE_VERSION,
             "allocations": self.allocations.to_json(),
             "intents": [key_to_json(k) for k in self.intents],
         }
+        if self.export_tables:
+            out["export_tables"] = list(self.export_tables)
+        return out
 
 
 class StateStore:
@@ -74,7 +80,9 @@ class StateStore:
             if version != STATE_VERSION:
                 raise ValueError(f"unknown version {version!r}")
             intents = tuple(key_from_json(k) for k in data.get("intents") or ())
-            return State(allocations=Allocations.from_json(data.get("allocations")), intents=intents)
+            tables = tuple(sorted({int(t) for t in data.get("export_tables") or ()}))
+            return State(allocations=Allocations.from_json(data.get("allocations")), intents=intents,
+                         export_tables=tables)
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
             return State(problem=f"{self.path} is corrupt ({e}); rebuilding it from the kernel")
 

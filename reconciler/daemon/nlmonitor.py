@@ -16,7 +16,8 @@ after reconcile: a link event counts only when a field the reconciler reads
 changed (name, IFF_UP, kind and ipvlan/vlan data, alias, lower link,
 disable_ipv6); address events for IPv6 link-local addresses (fe80::/10, what
 the reconciler's observation skips too) and route events outside the main
-table are ignored. Caches are seeded with a dump when a
+table are ignored (except, in the host namespace, our own BGP export routes in
+their table), and so are the host's routes BIRD installs for a fleet. Caches are seeded with a dump when a
 socket is opened. A receive-buffer overflow (ENOBUFS) reports a lost-events
 trigger, which a full reconcile covers.
 
@@ -63,6 +64,8 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RT_TABLE_MAIN = 254
+RTPROT = 149  # objects.RTPROT: our routes
+RTPROT_BIRD = 12  # rtm_protocol of the routes BIRD installs
 _LINK_LOCAL6_PREFIXES = ("fe8", "fe9", "fea", "feb")  # fe80::/10
 IFF_UP = 1
 _HDR = struct.Struct("=IHHII")
@@ -183,8 +186,12 @@ def classify_message(mon: NsMonitor, data: bytes, pos: int, length: int, typ: in
         return f"{where}: address {rec.address}/{rec.prefixlen} added on {dev}"
     if typ in (RTM_NEWROUTE, RTM_DELROUTE):
         rec = decode_route(data, body, end)
-        if rec.table != RT_TABLE_MAIN:
+        if mon.name == HOST and rec.protocol == RTPROT_BIRD:
+            # BIRD's routes to the other hosts' containers (SPEC 5.2): a fleet changes them
+            # with every container added anywhere; nothing of ours, and no reconcile's business
             return None
+        if rec.table != RT_TABLE_MAIN and not (mon.name == HOST and rec.protocol == RTPROT):
+            return None  # (ours outside main: the BGP export table, SPEC 5.2)
         if rec.family == socket.AF_INET6 and rec.dst_len == 64 and (rec.dst or "").startswith("fe80:"):
             return None
         dst = f"{rec.dst}/{rec.dst_len}" if rec.dst and rec.dst_len else "default"

@@ -55,6 +55,7 @@ class DaemonStatus:
     manifest_errors: List[str] = field(default_factory=list)  # of the last failed load
     manifest_missing: List[str] = field(default_factory=list)  # paths that do not exist
     next_retry: float = 0.0  # unix time of the next retry after an error (0: none)
+    bird: Optional[Dict[str, Any]] = None  # --bird-config: the last BirdSync report
 
     def record_error(self, cls: str, message: str, when: Optional[float] = None) -> None:
         self.errors[cls] = self.errors.get(cls, 0) + 1
@@ -93,6 +94,7 @@ class DaemonStatus:
                 "missing": list(self.manifest_missing),
             },
             "next_retry": iso(self.next_retry),
+            **({"bird": dict(self.bird)} if self.bird is not None else {}),
         }
 
 

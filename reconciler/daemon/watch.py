@@ -137,6 +137,8 @@ class Daemon:
         self.thread: Optional[threading.Thread] = None
         self._status_warned = False
         self._last_status_line = ""
+        self.bird_sync = None  # --bird-config: a birdctl.BirdSync, run after every reconcile
+        self._bird_full = None  # (desired state in force, the whole fleet it was narrowed from)
 
     # pluggable parts (tests replace them) --------------------------------------------------
     def load(self, paths):
@@ -412,7 +414,36 @@ class Daemon:
             self.status.record_error(TEMPORARY, message)
         self.status.pending = pending
         self.metrics.set_pending(len(pending))
+        self.sync_bird(desired)
         self.finish(result, started, seconds, out.exit_code)
+
+    def sync_bird(self, desired) -> None:
+        """--bird-config: keep BIRD's file current for the desired state in force; a BIRD
+        problem is logged and shown in the status, never a reconcile failure."""
+        if self.bird_sync is None or desired is None:
+            return
+        try:
+            full = desired
+            if getattr(desired, "local_host", None) is not None:  # one host's part: BIRD needs the fleet
+                if self._bird_full is None or self._bird_full[0] is not desired:
+                    if self._loader is not None:
+                        loaded = self._loader(self.paths)
+                    else:
+                        from ..manifest import load
+
+                        loaded = load(self.paths, self.parse_cache)  # unchanged files: not parsed again
+                    self._bird_full = (desired, loaded)
+                full = self._bird_full[1]
+            report = self.bird_sync.sync(desired, full)
+        except Exception as e:  # never let BIRD take the container work down
+            report = {"config": self.bird_sync.path, "changed": False, "reloaded": False, "error": f"internal error: {e}"}
+        previous = self.status.bird or {}
+        if report["error"] and report["error"] != previous.get("error"):
+            logs.warning(f"BIRD: {report['error']}", config=report["config"])
+        elif report["changed"] or (not report["error"] and previous.get("error")):
+            logs.info("BIRD configuration updated" if report["changed"] else "BIRD reloaded",
+                      config=report["config"], reloaded=report["reloaded"])
+        self.status.bird = report
 
     def timing(self, out) -> Dict[str, object]:
         """Where a reconcile's time went, and how much of the host it dumped (for the log)."""
@@ -426,6 +457,7 @@ class Daemon:
         return extra
 
     def reconcile_failed(self, e: BaseException, seconds: float, trigger: str) -> None:
+        self.sync_bird(self.desired)
         cls = classify(e)
         message = str(e) or type(e).__name__
         self.metrics.error(cls)
@@ -640,4 +672,10 @@ def run_watch(args: argparse.Namespace) -> int:
         metrics_addr=getattr(args, "metrics_addr", None),
         host=getattr(args, "host", None),
     )
+    if getattr(args, "bird_config", None):
+        from ..birdctl import DEFAULT_SOCKET, BirdSync
+
+        # the host: --host when the CLI has it, else the state's local host at each sync
+        daemon.bird_sync = BirdSync(args.bird_config, getattr(args, "bird_socket", None) or DEFAULT_SOCKET,
+                                    host=getattr(args, "host", None))
     return daemon.run()

@@ -24,6 +24,7 @@ from ..objects import (
     Address,
     DummyLink,
     Endpoint,
+    ExportRoute,
     HostFacts,
     HostLink,
     HostsFile,
@@ -115,6 +116,18 @@ def observe(snap: Snapshot, intents: Iterable[Key] = ()) -> HostState:
             continue
         objs.extend(ns_objs)
         foreign_links.update(ns_foreign)
+
+    for r in snap.exports:
+        if r.protocol != RTPROT or not r.dst:
+            continue
+        dev = by_index.get(r.oif or -1)
+        objs.append(
+            ExportRoute(
+                table=r.table,
+                dst=ipaddress.ip_network(f"{r.dst}/{r.dst_len}", strict=False),
+                dev=dev.name if dev is not None else f"#{r.oif}",
+            )
+        )
 
     for name, content in snap.hosts_files.items():
         objs.append(HostsFile(ns=name, content=content, owned=content.startswith(HOSTS_MARKER)))
@@ -409,6 +422,34 @@ class RouteHandler(Handler):
                   "replace route", after.describe())
 
 
+class ExportHandler(Handler):
+    """Host routes in the BGP table of the host namespace (protocol 149 marks them ours)."""
+
+    kind = Kind.EXPORT
+
+    def _req(self, ctx: "Ctx", obj: ExportRoute, msg_type: int, flags: int) -> bytearray:
+        fam = _fam(obj.family)
+        table = obj.table if obj.table < 256 else 0  # RT_TABLE_UNSPEC: RTA_TABLE says which
+        body = nl.rtm(fam, obj.dst.prefixlen, table, RTPROT, nl.RT_SCOPE_LINK)
+        body += nl.attr_ip(nl.RTA_DST, fam, str(obj.dst.network_address))
+        body += nl.attr_u32(nl.RTA_TABLE, obj.table)
+        if msg_type == nl.RTM_NEWROUTE:
+            body += nl.attr_u32(nl.RTA_OIF, ctx.host_index(obj.dev))
+        return nl.request(msg_type, flags, body)
+
+    def create(self, ctx: "Ctx", obj: ExportRoute, phase: int = 0) -> None:
+        # REPLACE: a route of ours to the same address (another parent) is taken over
+        ctx.queue(ctx.kernel.host, phase, self._req(ctx, obj, nl.RTM_NEWROUTE, nl.NLM_F_CREATE | nl.NLM_F_REPLACE),
+                  "add route", f"bgp export {obj.describe()}")
+
+    def delete(self, ctx: "Ctx", obj: ExportRoute, phase: int = 0) -> None:
+        ctx.queue(ctx.kernel.host, phase, self._req(ctx, obj, nl.RTM_DELROUTE, 0), "delete route",
+                  f"bgp export {obj.describe()}", ok=(errno.ESRCH, errno.ENODEV))
+
+    def update(self, ctx: "Ctx", before: ExportRoute, after: ExportRoute) -> None:
+        self.create(ctx, after)
+
+
 class HostsHandler(Handler):
     kind = Kind.HOSTS
 
@@ -433,5 +474,6 @@ HANDLERS: Dict[Kind, Handler] = {
         AddressHandler(),
         RouteHandler(),
         HostsHandler(),
+        ExportHandler(),
     )
 }

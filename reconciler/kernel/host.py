@@ -68,6 +68,9 @@ class Snapshot:
     # ns name -> stat stamp of a hosts file whose content above may stand for it next time
     # (read_hosts_files: only files that had not changed for a while when read)
     hosts_stamps: Dict[str, tuple] = field(default_factory=dict)
+    # our routes (protocol 149) in the host namespace's BGP tables (SPEC 5.2); dumped only
+    # for the tables ``snapshot(tables=...)`` names, i.e. for fleets with ``bgp:``
+    exports: List[RouteRec] = field(default_factory=list)
 
 
 #: a hosts file's content is reused only if it had not changed for this long when it was read
@@ -448,6 +451,7 @@ class Kernel:
         previous: Optional[Snapshot] = None,
         still_valid: Optional[StillValid] = None,
         held: Optional[Held] = None,
+        tables: Iterable[int] = (),
     ) -> Snapshot:
         """Dump the host namespace and every named namespace. Namespaces for which
         ``is_ours(name, links)`` is true get their addresses and routes dumped too.
@@ -459,11 +463,15 @@ class Kernel:
         of /run/netns/NAME), was dumped in full if it is ours, and ``still_valid`` vouches
         that nothing changed in it; and a hosts file's content is reused while its stat
         stamp is unchanged (:func:`read_hosts_files`). The host namespace is always dumped
-        afresh."""
+        afresh, and so are ``tables`` (the BGP export tables: one more dump each, of our
+        protocol's routes only)."""
         host = NsView("", taken=time.monotonic(), full=True)
         host.links = self.host.dump_links()
         host.addrs = self.host.dump_addrs()
         host.routes = self.host.dump_routes(table=RT_TABLE_MAIN)  # host facts: main table only
+        exports: List[RouteRec] = []
+        for t in sorted(set(tables)):
+            exports.extend(self.host.dump_routes(table=t, protocol=RTPROT))
         names = self.list_netns()
         stat_time = time.monotonic()  # before the stats; ``held`` is asked after them
         idents = {n: netns_identity(self.ns_path(n)) for n in names}
@@ -506,7 +514,7 @@ class Kernel:
             sorted(set(names) | set(self.list_hosts_dirs())),
             previous if still_valid is not None else None,
         )
-        return Snapshot(host=host, namespaces=namespaces, hosts_files=hosts, hosts_stamps=stamps)
+        return Snapshot(host=host, namespaces=namespaces, hosts_files=hosts, hosts_stamps=stamps, exports=exports)
 
     def _open_ns_sockets_lenient(self, names: List[str]) -> Dict[str, NetlinkSocket]:
         try:

@@ -985,3 +985,27 @@ def test_netlink_monitor_reports_changes_and_ignores_kernel_noise():
     assert c(_route(RTM_DELROUTE, "0.0.0.0", 0)) == "namespace c1: route default deleted"
     assert c(_route(RTM_NEWROUTE, "10.1.0.0", 16)) == "namespace c1: route 10.1.0.0/16 added"
     assert c(_link(RTM_DELLINK, 5, "eth0")) == "namespace c1: link eth0 deleted"
+
+
+def test_netlink_monitor_host_namespace_bgp_routes():
+    """SPEC 5.2: our export routes in table 200 of the host namespace are drift to repair;
+    the routes BIRD installs (protocol 12) for other hosts' containers are not ours."""
+    import struct
+
+    from reconciler.daemon.nlmonitor import HOST, RTM_DELROUTE, RTM_NEWROUTE, NsMonitor, classify_message
+    from reconciler.kernel import netlink as nl
+
+    m = NsMonitor(HOST, _FakeSock(), None)
+
+    def c(msg):
+        length, typ = struct.unpack_from("=IH", msg)
+        return classify_message(m, msg, 0, length, typ)
+
+    def bird_route(msg_type, dst):
+        import socket as s
+
+        return _nlmsg(msg_type, nl.rtm(s.AF_INET, 32, 254, 12, 0) + nl.attr_ip(nl.RTA_DST, s.AF_INET, dst))
+
+    assert c(_route(RTM_DELROUTE, "10.40.1.5", 32, table=200)) == "host namespace: route 10.40.1.5/32 deleted"
+    assert c(bird_route(RTM_NEWROUTE, "10.40.2.5")) is None
+    assert c(_route(RTM_NEWROUTE, "10.9.0.0", 16)) == "host namespace: route 10.9.0.0/16 added"
