@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_STATUS_FILE})",
     )
     p.set_defaults(func=cmd_status)
+    from .cluster.cli import add_parser as add_cluster_parser
+
+    add_cluster_parser(sub)  # SPEC 6; imports no etcd client until a cluster command runs
     decorate(parser, sub)
     return parser
 
