@@ -97,9 +97,11 @@ def read_current(store: Store, keys: Keys) -> Optional[Revision]:
 # ---- resolving what every host must agree on ---------------------------------------------------
 
 
-def _reserved_in(s) -> List[str]:
-    """Addresses never handed out from a subnet: network (and IPv4 broadcast), gateway, aux."""
+def _reserved_in(s, state: DesiredState) -> List[str]:
+    """Addresses never handed out from a subnet: network (and IPv4 broadcast), gateway, aux,
+    the hosts' underlay addresses."""
     out = {s.cidr.network_address}
+    out.update(a for h in state.hosts.values() for a in (h.address, h.address6) if a is not None and a in s.cidr)
     if s.cidr.version == 4 and s.cidr.prefixlen <= 30:
         out.add(s.cidr.broadcast_address)
     if s.gateway is not None:
@@ -123,7 +125,7 @@ def resolve_grid(state: DesiredState) -> Dict[str, Any]:
             for s in net.subnets_of(fam):
                 rng = subnet_range(s)
                 ranges.append({"family": fam, "subnet": str(s.cidr), "range": str(rng), "size": size,
-                               "blocks": block_count(rng, size), "reserved": _reserved_in(s)})
+                               "blocks": block_count(rng, size), "reserved": _reserved_in(s, state)})
         grid[name] = {"block_size": net.block_size, "block_size6": net.block_size6, "ranges": ranges}
     return grid
 

@@ -131,3 +131,14 @@ def test_forget_host_refuses_before_grace_then_frees(tmp_path, etcd, store, keys
     other = Agent(store, keys, "h2", "m2")
     other.bind()
     assert other.allocate("lan", "new") == got[0]
+
+
+def test_underlay_address_never_handed_out(tmp_path, store, keys):
+    """A host's underlay address inside a shared subnet is reserved in the grid."""
+    from .helpers import FLEET
+
+    push(store, keys, [write(tmp_path, FLEET.replace("192.168.1.12", "10.50.0.66"))])
+    a = Agent(store, keys, "h2", "m2")
+    a.bind()
+    got = [a.allocate("lan", f"c{i}") for i in range(3)]
+    assert [str(x) for x in got] == ["10.50.0.64", "10.50.0.65", "10.50.0.67"]
