@@ -106,6 +106,12 @@ def _reserved_in(s, state: DesiredState) -> List[str]:
         out.add(s.cidr.broadcast_address)
     if s.gateway is not None:
         out.add(s.gateway)
+    else:  # L2: IPAM makes the first usable address the gateway; L3/L3S keep it free (ipam.py)
+        from ..ipam import _l3_gateway
+
+        gw = _l3_gateway(s.cidr)
+        if gw is not None:
+            out.add(gw)
     out.update(a for _, a in s.aux_addresses)
     return sorted(str(a) for a in out)
 

@@ -142,3 +142,26 @@ def test_underlay_address_never_handed_out(tmp_path, store, keys):
     a.bind()
     got = [a.allocate("lan", f"c{i}") for i in range(3)]
     assert [str(x) for x in got] == ["10.50.0.64", "10.50.0.65", "10.50.0.67"]
+
+
+def test_agent_allocations_feed_the_daemon_view(tmp_path, store, keys):
+    """Revision + the cluster's address records -> this host's DesiredState (view.host_view):
+    what is missing is allocated with the Agent, then the view is complete."""
+    from reconciler.cluster.revision import read_current
+    from reconciler.cluster.view import host_view, records_from_store
+
+    push(store, keys, [write(tmp_path)])
+    rev = read_current(store, keys)
+    agent = Agent(store, keys, "h1", "m1")
+    agent.bind()
+    v = host_view(rev.files, rev.grid, "h1", records_from_store(store, keys))
+    assert {(n.container, n.network) for n in v.needs} == {("web1", "lan"), ("web1", "l3a")}
+    for n in v.needs:
+        agent.allocate(n.network, n.container, n.family)
+    v = host_view(rev.files, rev.grid, "h1", records_from_store(store, keys))
+    assert v.needs == () and v.stale == ()
+    web1 = {a.network: a.ip for a in v.state.containers["web1"].attachments}
+    # h1 has id 0: its reserved block 0 of each range (gateways excluded: the declared 10.50.0.1,
+    # and on l3a, which declares none, the first usable address, kept free as in file mode)
+    assert web1 == {"lan": ipaddress.ip_address("10.50.0.2"), "l3a": ipaddress.ip_address("10.60.0.2")}
+    assert v.state.remote["web2"].attachments[0].ip == ipaddress.ip_address("10.50.8.5")
