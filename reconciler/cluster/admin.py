@@ -104,13 +104,15 @@ def forget_host(store: Store, keys: Keys, name: str, grace: float = DEFAULT_GRAC
                         f"period of {int(grace)}s: wait {int(expired + grace - now) + 1}s more (a host that "
                         "was only cut off may come back)")
     gen_kv = store.get(keys.generation(name))
-    gen = (int(gen_kv.value.decode()) if gen_kv is not None else 0) + 1
-    fenced = dict(bound, forgotten=True, generation=gen, forgotten_at=now)
-    ok, _ = store.txn([unchanged(keys.machine(name), binding.mod_revision),
-                       unchanged(keys.generation(name), gen_kv.mod_revision if gen_kv else 0)],
-                      [put(keys.machine(name), dumps(fenced)), put(keys.generation(name), str(gen))])
-    if not ok:
-        raise UserError(f"host {name} changed while forgetting it (did it come back?); nothing was freed")
+    gen = int(gen_kv.value.decode()) if gen_kv is not None else 0
+    if not bound.get("forgotten"):  # (forgotten already: a second run finishes the freeing)
+        gen += 1
+        fenced = dict(bound, forgotten=True, generation=gen, forgotten_at=now)
+        ok, _ = store.txn([unchanged(keys.machine(name), binding.mod_revision),
+                           unchanged(keys.generation(name), gen_kv.mod_revision if gen_kv else 0)],
+                          [put(keys.machine(name), dumps(fenced)), put(keys.generation(name), str(gen))])
+        if not ok:
+            raise UserError(f"host {name} changed while forgetting it (did it come back?); nothing was freed")
     # the host is fenced (its claims compare the binding): its keys cannot change any more
     freed = {"blocks": 0, "addresses": 0, "generation": gen}
     for what, prefix in (("blocks", keys.blocks()), ("addresses", keys.addrs())):

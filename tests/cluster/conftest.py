@@ -23,10 +23,13 @@ def free_port() -> int:
 
 
 class Etcd:
-    def __init__(self, tmp, name="m1"):
+    """One etcd member; ``cluster``: the whole initial cluster (name=peer URL, ...) when it
+    is one of several (started with peer_port given)."""
+
+    def __init__(self, tmp, name="m1", peer_port=None, cluster=None, wait=True):
         if not os.access(ETCD, os.X_OK):
             pytest.fail("the etcd binary is missing: install etcd-server (scripts/system-deps installs it)")
-        self.client_port, self.peer_port = free_port(), free_port()
+        self.client_port, self.peer_port = free_port(), peer_port or free_port()
         self.url = f"http://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         self.dir = os.path.join(tmp, name)
@@ -35,10 +38,14 @@ class Etcd:
             [ETCD, "--name", name, "--data-dir", self.dir,
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"{name}={peer}", "--initial-cluster-state", "new",
+             "--initial-cluster", cluster or f"{name}={peer}", "--initial-cluster-state", "new",
              "--max-txn-ops", "1024", "--logger", "zap", "--log-level", "error"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
+        if wait:
+            self.wait()
+
+    def wait(self):
         deadline = time.monotonic() + 20
         import urllib.request
 
@@ -62,6 +69,16 @@ class Etcd:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def start_cluster(tmp, n=3):
+    """``n`` members forming one cluster on loopback ports."""
+    ports = [free_port() for _ in range(n)]
+    cluster = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(ports))
+    members = [Etcd(tmp, f"m{i}", peer_port=p, cluster=cluster, wait=False) for i, p in enumerate(ports)]
+    for m in members:
+        m.wait()
+    return members
 
 
 @pytest.fixture(scope="session")
