@@ -61,11 +61,10 @@ def _open(args):
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .revision import push, read_directory
+    from .revision import push
 
-    read_directory(args.paths)  # an invalid directory: its errors before etcd is even asked
     store, keys = _open(args)
-    r = push(store, keys, args.paths)
+    r = push(store, keys, args.paths)  # validates before it asks etcd anything
     nets = ", ".join(f"{n} /{g['block_size']}" + (f" /{g['block_size6']}" if g.get("block_size6") else "")
                      for n, g in r.grid.items()) or "none"
     print(f"Pushed revision {r.revision} to {args.etcd} under {keys.prefix}: {r.size} bytes in "

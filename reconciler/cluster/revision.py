@@ -222,6 +222,10 @@ def push(store: Store, keys: Keys, paths: Sequence[str], now: Optional[float] = 
 def _try_push(store: Store, keys: Keys, state: DesiredState, files, grid, now: float) -> Optional[PushResult]:
     fmt = check_format(store, keys)
     cur = store.get(keys.current)
+    if cur is not None and int(cur.json().get("format", 0)) > FORMAT:
+        raise NewerFormat(f"revision {cur.json().get('revision')} under {keys.prefix} has format "
+                          f"{cur.json().get('format')}, written by a newer ipvlanctl (this one knows format "
+                          f"{FORMAT}): upgrade ipvlanctl; nothing was changed")
     n = int(cur.json()["revision"]) + 1 if cur is not None else 1
     blocks = {kv.key: kv for kv in store.range(keys.blocks())[0]}
     addrs = {kv.key: kv for kv in store.range(keys.addrs())[0]}
@@ -289,10 +293,21 @@ def _try_push(store: Store, keys: Keys, state: DesiredState, files, grid, now: f
             explicit = bool(kv.json().get("explicit"))
         except ValueError:
             explicit = False
-        if explicit:
-            compares.append(unchanged(key, kv.mod_revision))
-            ops.append(delete(key))
-            released += 1
+        if not explicit:
+            continue
+        compares.append(unchanged(key, kv.mod_revision))
+        released += 1
+        if key.startswith(keys.blocks()):
+            net, cidr = keys.tail(key, keys.blocks()).split("/", 1)
+            b = ipaddress.ip_network(cidr.replace("_", "/"))
+            owner = kv.json().get("host")
+            if any(k.startswith(keys.addrs(net)) and addrs[k].json().get("host") == owner
+                   and ipaddress.ip_address(keys.tail(k, keys.addrs(net))) in b for k in addrs):
+                # its host still has addresses in it: the block stays that host's, as a claim
+                # (strict affinity), until the host releases them or is forgotten
+                ops.append(put(key, dumps({"host": owner, "explicit": False, "claimed_at": now})))
+                continue
+        ops.append(delete(key))
 
     doc = {
         "format": FORMAT,

@@ -26,7 +26,7 @@ class Etcd:
     """One etcd member; ``cluster``: the whole initial cluster (name=peer URL, ...) when it
     is one of several (started with peer_port given)."""
 
-    def __init__(self, tmp, name="m1", peer_port=None, cluster=None, wait=True):
+    def __init__(self, tmp, name="m1", peer_port=None, cluster=None, wait=True, max_txn_ops=1024):
         if not os.access(ETCD, os.X_OK):
             pytest.fail("the etcd binary is missing: install etcd-server (scripts/system-deps installs it)")
         self.client_port, self.peer_port = free_port(), peer_port or free_port()
@@ -39,7 +39,8 @@ class Etcd:
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", cluster or f"{name}={peer}", "--initial-cluster-state", "new",
-             "--max-txn-ops", "1024", "--logger", "zap", "--log-level", "error"],
+             "--logger", "zap", "--log-level", "error"]
+            + (["--max-txn-ops", str(max_txn_ops)] if max_txn_ops else []),
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         if wait:
@@ -72,10 +73,10 @@ class Etcd:
 
 
 def start_cluster(tmp, n=3):
-    """``n`` members forming one cluster on loopback ports."""
+    """``n`` members forming one cluster on loopback ports, with etcd's default limits."""
     ports = [free_port() for _ in range(n)]
     cluster = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(ports))
-    members = [Etcd(tmp, f"m{i}", peer_port=p, cluster=cluster, wait=False) for i, p in enumerate(ports)]
+    members = [Etcd(tmp, f"m{i}", peer_port=p, cluster=cluster, wait=False, max_txn_ops=None) for i, p in enumerate(ports)]
     for m in members:
         m.wait()
     return members

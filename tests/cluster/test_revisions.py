@@ -117,3 +117,19 @@ def _b(s):
     import base64
 
     return base64.b64encode(s.encode()).decode()
+
+
+def test_etcd_limits_named(tmp_path, three, prefix):
+    """A push over etcd's --max-txn-ops (default 128, as the 3-member cluster runs): refused
+    naming the flag; nothing written."""
+    from reconciler.cluster.keys import Keys
+    from reconciler.cluster.store import StoreRefused
+
+    lines = [FLEET]
+    for i in range(140):
+        lines.append(f"  x{i}: {{host: h2, networks: {{lan: {{ip: 10.50.9.{i + 10}}}}}}}\n")
+    keys = Keys(prefix)
+    s = Store(",".join(m.url for m in three[1:]))
+    with pytest.raises(StoreRefused, match="--max-txn-ops"):
+        push(s, keys, [write(tmp_path, "".join(lines))])
+    assert s.range(keys.prefix)[0] == []
