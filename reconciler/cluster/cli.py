@@ -17,9 +17,12 @@ def _etcd_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    from ..helptext import doc_path
+
     p = sub.add_parser("cluster", help="cluster mode: the fleet's manifests and blocks in etcd",
                        description="Cluster mode (SPEC 6): etcd as the fleet's source of truth. "
-                       "Needs the cluster extra (etcd3gw). Key layout: docs/cluster.md.")
+                       "Needs the cluster extra (etcd3gw). Not implemented yet: `watch --etcd` (the "
+                       f"per-host daemon) and `cluster rejoin`. Documentation: {doc_path('cluster.md')}")
     csub = p.add_subparsers(dest="cluster_command", metavar="CLUSTER_COMMAND")
     csub.required = True
 
