@@ -241,7 +241,7 @@ def _try_push(store: Store, keys: Keys, state: DesiredState, files, grid, now: f
             continue
         b = ipaddress.ip_network(cidr.replace("_", "/"))
         size = g["block_size"] if b.version == 4 else g["block_size6"]
-        if b.prefixlen != size and kv.key not in wanted:
+        if size is not None and b.prefixlen != size and kv.key not in wanted:
             problems.append(f"network {net}: block {b} is held by host {kv.json().get('host')}, but the new "
                             f"block size is /{size}: blocks of both sizes would overlap; keep the block size, "
                             "or free those blocks first (forget-host)")
