@@ -1,5 +1,5 @@
 # Convenience targets; scripts/ hold the logic.
-.PHONY: demo test unit kernel bench
+.PHONY: demo test unit cluster kernel bench
 
 demo:   ## boot the VM (kernel with ipvlan) and apply every seed example
 	scripts/system-deps
@@ -11,6 +11,9 @@ test:   ## every test: unit on the host, kernel suite + small benchmark in the V
 
 unit:   ## unit tests on the host; pytest arguments in ARGS='-k plan'
 	scripts/test unit $(ARGS)
+
+cluster: ## cluster-mode tests against real etcd (tests/cluster); pytest arguments in ARGS
+	scripts/test cluster $(ARGS)
 
 kernel: ## kernel suite in the VM; pytest arguments in ARGS='-k harness'
 	scripts/test kernel $(ARGS)

@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     host_arg(p)
     p.set_defaults(func=cmd_bird_config)
+
+    from .cluster.cli import add_parser as add_cluster_parser
+
+    add_cluster_parser(sub)  # SPEC 6; imports no etcd client until a cluster command runs
     decorate(parser, sub)
     return parser
 

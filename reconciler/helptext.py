@@ -112,6 +112,17 @@ Examples:
   # or let apply/watch keep it current and reload BIRD when it changes
   sudo ipvlanctl apply --host h1 --bird-config /etc/bird/bird.conf fleet.d
 """,
+    "cluster": """\
+Examples:
+  # validate a fleet directory and store it in etcd as a new revision (docs/cluster.md)
+  ipvlanctl cluster push fleet.d --etcd http://10.0.0.1:2379
+
+  # every host: converged revision, pending objects, last error, last seen
+  ipvlanctl cluster status --etcd http://10.0.0.1:2379
+
+  # free the blocks and addresses of a host that is dead and fenced
+  ipvlanctl cluster forget-host h3 --confirm-fenced --etcd http://10.0.0.1:2379
+""",
 }
 
 MAIN_EPILOG = f"""\

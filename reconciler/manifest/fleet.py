@@ -9,6 +9,8 @@ across the whole directory (the rules of section 2 see every host's containers a
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set, Tuple
@@ -20,6 +22,34 @@ from .yamlload import Document, Pos, YMap
 
 if TYPE_CHECKING:  # pragma: no cover
     from .semantic import _Checker
+
+# Cluster mode (SPEC 6): `ipvlanctl cluster push` loads with this set; hosts' ids and
+# networks' block sizes may then be left out (the cluster assigns blocks, the push resolves
+# the block sizes: CLUSTER_BLOCK_SIZE / CLUSTER_BLOCK_SIZE6). Every other command: unset.
+CLUSTER_MODE: "contextvars.ContextVar[bool]" = contextvars.ContextVar("cluster_mode", default=False)
+CLUSTER_BLOCK_SIZE = 26
+CLUSTER_BLOCK_SIZE6 = 80
+
+
+@contextlib.contextmanager
+def cluster_mode():
+    """Load manifests under the rules of cluster mode (SPEC 6) inside this block."""
+    token = CLUSTER_MODE.set(True)
+    try:
+        yield
+    finally:
+        CLUSTER_MODE.reset(token)
+
+
+def cluster_default_size(net: Network, fam: int) -> Optional[int]:
+    """The block size a cluster push resolves for a network that gives none: /26 (IPv4),
+    /80 (IPv6), or the longest range's prefix length when a range is smaller than that."""
+    ranges = [subnet_range(s).prefixlen for s in net.subnets_of(fam)]
+    if not ranges:
+        return None
+    base = CLUSTER_BLOCK_SIZE if fam == 4 else CLUSTER_BLOCK_SIZE6
+    return min(max(base, max(ranges)), MAX_BITS[fam])
+
 
 RESERVED_TABLES = {253: "default", 254: "main", 255: "local"}
 MAX_BITS = {4: 30, 6: 126}
@@ -90,7 +120,9 @@ class _Fleet:
             v = r.value if isinstance(r.value, dict) else {}
             ok = True
             hid = v.get("id")
-            if hid is None:
+            if hid is None and CLUSTER_MODE.get():
+                pass  # the cluster assigns this host its blocks on demand (SPEC 6)
+            elif hid is None:
                 self.err(r.doc, r.kpos, f"host {r.name} has no id: in a file-synced fleet every host "
                          "needs its block number, `id:` 0-4095, unique")
                 ok = False
@@ -266,7 +298,9 @@ class _Fleet:
                 else:
                     self.err(e.doc, e.vpos("ipv6"), f"network {name}: ipv6: true needs a declared IPv6 subnet "
                              "in a fleet (the automatic ULA /64 is per host)")
-            if bs is None:
+            if bs is None and CLUSTER_MODE.get():
+                bs = cluster_default_size(net, 4)  # resolved once by the push (SPEC 6)
+            elif bs is None:
                 self.err(e.doc, e.kpos, f"network {name}: a fleet manifest needs block_size on every "
                          f"non-internal network: the IPv4 prefix length of each host's block of its "
                          f"ranges{self.suggest(net, 4)}")
@@ -280,7 +314,7 @@ class _Fleet:
                 else:
                     self.fits(e, net, 6, bs6, "block_size6")
             elif net.ipv6:
-                bs6 = default_block_size6(net)
+                bs6 = cluster_default_size(net, 6) if CLUSTER_MODE.get() else default_block_size6(net)
             if len(self.c.diags) != n:
                 out[name] = net
                 continue

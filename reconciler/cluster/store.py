@@ -1,0 +1,235 @@
+"""A thin transactional etcd v3 client for cluster mode, on etcd3gw (the v3 JSON gateway).
+
+Only what cluster mode needs: ranges with revisions, transactions (compare / success /
+failure), leases. Every failure of the store becomes an error that says who must act:
+:class:`EtcdUnavailable` (etcd down, wrong URL, not an etcd), :class:`StoreRefused` (etcd
+answered but refused the request, e.g. a transaction over its size or operation limits).
+etcd3gw is imported here, lazily, when a store is opened (the ``[cluster]`` extra).
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
+
+from ..errors import EnvironmentProblem, UserError
+
+API_PATH = "/v3/"  # Debian's etcd 3.4 serves /v3/ (etcd3gw's discovery would pick /v3beta/ there)
+DEFAULT_TIMEOUT = 5.0
+
+
+class EtcdUnavailable(EnvironmentProblem):
+    """etcd cannot be reached, or what answers is not an etcd v3 gateway: the operator (or
+    the network) must act. Nothing was changed. Exit status 1."""
+
+    exit_code = 1
+
+
+class StoreRefused(UserError):
+    """etcd answered and refused the request (size or operation limits, a bad request)."""
+
+
+def _b64(s: str | bytes) -> str:
+    return base64.b64encode(s.encode() if isinstance(s, str) else s).decode("ascii")
+
+
+def _unb64(s: Optional[str]) -> bytes:
+    return base64.b64decode(s) if s else b""
+
+
+def _prefix_end(prefix: str) -> str:
+    b = bytearray(prefix.encode())
+    b[-1] += 1  # prefixes end in "/": never 0xff
+    return base64.b64encode(bytes(b)).decode("ascii")
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    version: int
+    lease: int
+
+    def json(self) -> Any:
+        return json.loads(self.value.decode())
+
+
+def _kv(d: Dict[str, Any]) -> KV:
+    return KV(
+        key=_unb64(d.get("key")).decode(),
+        value=_unb64(d.get("value")),
+        mod_revision=int(d.get("mod_revision", 0)),
+        create_revision=int(d.get("create_revision", 0)),
+        version=int(d.get("version", 0)),
+        lease=int(d.get("lease", 0)),
+    )
+
+
+# ---- transaction building blocks (the gateway's JSON form) ------------------------------------
+
+
+def absent(key: str) -> Dict[str, Any]:
+    """Compare: the key does not exist (create-if-absent)."""
+    return {"key": _b64(key), "target": "VERSION", "result": "EQUAL", "version": "0"}
+
+
+def unchanged(key: str, mod_revision: int) -> Dict[str, Any]:
+    """Compare: the key was last written at ``mod_revision`` (0: it does not exist)."""
+    if mod_revision == 0:
+        return absent(key)
+    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
+
+
+def put(key: str, value: str | bytes, lease: int = 0) -> Dict[str, Any]:
+    req: Dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+    if lease:
+        req["lease"] = str(lease)
+    return {"request_put": req}
+
+
+def delete(key: str) -> Dict[str, Any]:
+    return {"request_delete_range": {"key": _b64(key)}}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def parse_endpoints(url: str) -> List[Tuple[str, str, int]]:
+    """``--etcd`` URLs: ``http://host:port`` (or https), several separated by commas."""
+    out = []
+    for part in url.split(","):
+        part = part.strip()
+        u = urlsplit(part)
+        try:
+            port = u.port
+        except ValueError:
+            port = None
+        if u.scheme not in ("http", "https") or not u.hostname or port is None or u.path not in ("", "/") \
+                or u.query or u.fragment:
+            raise UserError(f"--etcd {part!r}: give the client URL of an etcd member as "
+                            "http://HOST:PORT (or https://), several separated by commas, "
+                            "e.g. --etcd http://10.0.0.1:2379")
+        out.append((u.scheme, u.hostname, port))
+    return out
+
+
+class Store:
+    """One etcd cluster (its client URLs, tried in order when one cannot be reached)."""
+
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT):
+        self.url = url
+        self.endpoints = parse_endpoints(url)
+        try:
+            import etcd3gw  # noqa: F401
+            from etcd3gw import exceptions as ex
+        except ImportError:
+            raise UserError("cluster mode needs the etcd3gw client: install the package with its "
+                            "cluster extra, e.g. pip install 'ipvlan-reconciler[cluster]'") from None
+        self._ex = ex
+        self._clients = [
+            etcd3gw.client(host=h, port=p, protocol=s, api_path=API_PATH, timeout=timeout)
+            for s, h, p in self.endpoints
+        ]
+        self._first = 0
+
+    # ---- raw calls -------------------------------------------------------------------------
+
+    def _post(self, path: str, body: Dict[str, Any]) -> Dict[str, Any]:
+        ex = self._ex
+        errors = []
+        n = len(self._clients)
+        for i in range(n):
+            idx = (self._first + i) % n
+            c = self._clients[idx]
+            try:
+                out = c.post(c.get_url(path), json=body)
+            except (ex.ConnectionFailedError, ex.ConnectionTimeoutError) as e:
+                errors.append(f"{c.base_url}: {_short(e)}")
+                continue
+            except ex.Etcd3Exception as e:
+                raise self._refused(c.base_url, path, e) from None
+            except ValueError:  # a reply that is not JSON: not an etcd gateway
+                raise EtcdUnavailable(f"{c.base_url} answered {path} with something that is not JSON: "
+                                      "is --etcd the client URL of an etcd v3 member?") from None
+            if not isinstance(out, dict):
+                raise EtcdUnavailable(f"{c.base_url} answered {path} with {type(out).__name__}, not an "
+                                      "etcd v3 reply: is --etcd the client URL of an etcd member?")
+            self._first = idx
+            return out
+        raise EtcdUnavailable(f"cannot reach etcd at {self.url}: " + "; ".join(errors) +
+                              " (is etcd running and is --etcd its client URL?) Nothing was changed.")
+
+    def _refused(self, base: str, path: str, e: Exception) -> Exception:
+        detail = getattr(e, "detail_text", None) or str(e)
+        try:
+            msg = json.loads(detail).get("error") or json.loads(detail).get("message") or detail
+        except (ValueError, AttributeError):
+            msg = detail
+        msg = str(msg).strip()[:300]
+        if "too many operations in txn" in msg:
+            return StoreRefused(f"etcd refused the transaction: {msg} (raise etcd's --max-txn-ops, "
+                                "default 128; a push writes one operation per explicit reservation)")
+        if "request is too large" in msg:
+            return StoreRefused(f"etcd refused the request: {msg} (raise etcd's --max-request-bytes, "
+                                "default 1.5 MiB)")
+        if "Not Found" in msg or "404" in msg or "Not Implemented" in msg or "501" in msg or "<" in msg:
+            return EtcdUnavailable(f"{base} is not an etcd v3 JSON gateway ({path}: {msg[:120]}): "
+                                   "is --etcd the client URL of an etcd member (etcd >= 3.4)?")
+        return StoreRefused(f"etcd at {base} refused {path}: {msg}")
+
+    # ---- key-value ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> Optional[KV]:
+        out = self._post("kv/range", {"key": _b64(key)})
+        kvs = out.get("kvs") or []
+        return _kv(kvs[0]) if kvs else None
+
+    def range(self, prefix: str, keys_only: bool = False) -> Tuple[List[KV], int]:
+        """Every key under ``prefix`` (sorted) and the store revision of the read."""
+        body: Dict[str, Any] = {"key": _b64(prefix), "range_end": _prefix_end(prefix)}
+        if keys_only:
+            body["keys_only"] = True
+        out = self._post("kv/range", body)
+        return [_kv(d) for d in out.get("kvs") or []], int(out.get("header", {}).get("revision", 0))
+
+    def txn(self, compare: Sequence[Dict[str, Any]], success: Sequence[Dict[str, Any]],
+            failure: Sequence[Dict[str, Any]] = ()) -> Tuple[bool, List[Dict[str, Any]]]:
+        out = self._post("kv/txn", {"compare": list(compare), "success": list(success),
+                                    "failure": list(failure)})
+        return bool(out.get("succeeded", False)), list(out.get("responses") or [])
+
+    # ---- leases ------------------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> int:
+        return int(self._post("lease/grant", {"TTL": str(ttl), "ID": "0"})["ID"])
+
+    def keepalive(self, lease: int) -> int:
+        """Refresh a lease; its remaining TTL (<= 0: it expired)."""
+        out = self._post("lease/keepalive", {"ID": str(lease)})
+        return int(out.get("result", {}).get("TTL", 0))
+
+    def time_to_live(self, lease: int) -> int:
+        """Seconds left on a lease; -1 when it does not exist (expired or revoked)."""
+        out = self._post("kv/lease/timetolive", {"ID": str(lease)})
+        return int(out.get("TTL", -1))
+
+    def revoke(self, lease: int) -> None:
+        self._post("kv/lease/revoke", {"ID": str(lease)})
+
+    def check(self) -> Dict[str, Any]:
+        """The member's status (is this an etcd at all?)."""
+        return self._post("maintenance/status", {})
+
+
+def _short(e: Exception) -> str:
+    text = str(getattr(e, "detail_text", None) or e)
+    for needle in ("Connection refused", "Name or service not known", "timed out", "No route to host",
+                   "Temporary failure in name resolution"):
+        if needle in text:
+            return needle.lower()
+    return text.splitlines()[0][:160] if text else type(e).__name__
