@@ -697,27 +697,52 @@ class _Checker:
                         self.net_overlaps.setdefault((other, name), (ocidr, cidr))
                 stack.append((-neg_end, name, cidr))
 
-    def exhaustion(self, infos: Dict[str, _NetInfo], conts: Dict[str, Entry]) -> None:
+    def exhaustion(self, state: DesiredState) -> None:
         """Automatic addresses a network cannot hand out, counted as IPAM hands them out (the
         usable part of each ip_range, else subnet, minus gateways, aux addresses and explicit
-        addresses); the plan still checks what needs the host (addresses on the parent)."""
+        addresses; on a fleet host, only its block of each range, minus the hosts' underlay
+        addresses); the plan still checks what needs the host (addresses on the parent).
+        ``state``: the desired state after the fleet rules (hosts, block sizes)."""
+        infos, conts = getattr(self, "pools", ({}, {}))
         for fam, nets in self.demand.items():
             for key, wants in nets.items():
                 nname, host = key if isinstance(key, tuple) else (key, None)
-                self.exhausted(infos[nname], fam, host, wants, conts)
+                self.exhausted(infos[nname], fam, host, wants, conts, state)
 
-    def exhausted(self, info: _NetInfo, fam: int, host: Any, wants: int, conts: Dict[str, Entry]) -> None:
+    def exhausted(
+        self, info: _NetInfo, fam: int, host: Any, wants: int, conts: Dict[str, Entry], state: DesiredState
+    ) -> None:
+        from .. import fleet
+
         nname = info.net.name
         subs = [s for s in info.net.subnets if s.cidr is not None and s.cidr.version == fam]
         if not subs or any(s.cidr is None and s.family == fam for s in info.net.subnets):
             return  # an automatic subnet: its size is not known before it is chosen
+        h = state.hosts.get(host) if host is not None else None
+        net = state.networks.get(nname, info.net)
+        blocked = h is not None and h.id is not None and fleet.block_size_of(net, fam) is not None
+        if host is not None and not blocked and state.hosts:
+            return  # a fleet host without a block here (cluster mode, or reported already)
         spans: List[Tuple[int, int]] = []
+        blocks: List[IPNetwork] = []
         for s in subs:
             lo, hi = _usable_bounds(s.ip_range or s.cidr)
             slo, shi = _usable_bounds(s.cidr)
-            spans.append((max(lo, slo), min(hi, shi)))
+            lo, hi = max(lo, slo), min(hi, shi)
+            if blocked:
+                b = fleet.host_block(net, s, h.id)
+                if b is None:
+                    continue  # too few blocks: the fleet rules said so
+                blocks.append(b)
+                lo, hi = max(lo, int(b.network_address)), min(hi, int(b.broadcast_address))
+            spans.append((lo, hi))
+        if blocked and not blocks:
+            return
         total = sum(max(0, hi - lo + 1) for lo, hi in spans)
-        reserved_at_most = len(info.gateways) + sum(len(s.aux_addresses) for s in subs) + len(info.used)
+        underlay = [a for x in state.hosts.values() for a in (x.address, x.address6) if a is not None]
+        reserved_at_most = (
+            len(info.gateways) + sum(len(s.aux_addresses) for s in subs) + len(info.used) + len(underlay)
+        )
         if wants + reserved_at_most <= total:
             return
         taken: Set[int] = set()
@@ -726,6 +751,7 @@ class _Checker:
                 if a is not None and a.version == fam:
                     taken.add(int(a))
         taken.update(int(a) for a in info.used if a.version == fam)
+        taken.update(int(a) for a in underlay if a.version == fam)
         reserved = sum(1 for v in taken if any(lo <= v <= hi for lo, hi in spans))
         free = total - reserved
         if wants <= free:
@@ -736,14 +762,19 @@ class _Checker:
             f"ip_range {s.ip_range} of subnet {s.cidr}" if s.ip_range is not None else f"subnet {s.cidr}"
             for s in subs
         )
+        if blocked:
+            size = fleet.block_size_of(net, fam)
+            where = (f"its block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))} "
+                     f"(block size /{size}, host id {h.id}) of {where}")
         more = wants - free - 1
+        hosts_too = ", hosts' addresses" if blocked else ""
         self.err(
             doc,
             pos,
             f"container {cname} network {nname}: no automatic IPv{fam} address left"
             f"{f' on host {host}' if host else ''}: {where} "
             f"{'hold' if len(subs) > 1 else 'holds'} {total} usable address{'es' if total != 1 else ''}, "
-            f"{reserved} reserved (gateway, aux addresses, containers' explicit addresses), and "
+            f"{reserved} reserved (gateway, aux addresses, containers' explicit addresses{hosts_too}), and "
             + (f"the other {free} go to containers before this one" if free > 0 else "none is left")
             + (f"; {more} more after it do{'es' if more == 1 else ''} not fit either" if more else ""),
         )
@@ -858,7 +889,8 @@ class _Checker:
             if c is not None:
                 containers[name] = c
 
-        self.exhaustion(infos, cont_entries)
+        # pools are counted once the fleet rules have set hosts and block sizes (check())
+        self.pools = (infos, cont_entries)
 
         return DesiredState(
             networks={n: i.net for n, i in infos.items()},
@@ -1005,4 +1037,5 @@ def check(
     from . import fleet  # SPEC 5.1: hosts:, bgp:, host:, block sizes
 
     state = fleet.check(c, docs, schema_bad, state)
+    c.exhaustion(state)
     return state, c.diags

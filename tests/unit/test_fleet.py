@@ -231,8 +231,17 @@ def test_exhausted_block_names_the_host_and_its_block():
     text = ("version: 1\nhosts: {h1: {id: 1}}\nnetworks:\n  lan: {parent: eth0, block_size: 29, "
             "subnets: [{subnet: 10.0.0.0/24}]}\ncontainers:\n" +
             "".join(f"  c{j}: {{host: h1, networks: {{lan: {{}}}}}}\n" for j in range(9)))
+    with pytest.raises(ManifestError) as ei:  # validate counts the host's block (no kernel needed)
+        parse_text(text)
+    assert ("container c8 network lan: no automatic IPv4 address left on host h1: its block "
+            "10.0.0.8/29 (block size /29, host id 1)") in str(ei.value)
+    from reconciler.manifest import semantic
+
+    with pytest.MonkeyPatch.context() as m:  # and IPAM, the backstop, says the same
+        m.setattr(semantic._Checker, "exhaustion", lambda *a: None)
+        state = parse_text(text)
     with pytest.raises(ManifestError) as ei:
-        resolve(parse_text(text), "h1")
+        resolve(state, "h1")
     msg = str(ei.value)
     assert "container c8: no free IPv4 address left on network lan in block 1 of host h1 (10.0.0.8/29" in msg
 
@@ -415,7 +424,11 @@ def test_property_automatic_addresses_of_different_hosts_never_collide(ids, pref
               f"subnets: [{{subnet: {net}}}{v6s}]}}", "containers:"]
     for i in sorted(ids):
         lines += [f"  c{i}_{j}: {{host: h{i}, networks: {{lan: {{}}}}}}" for j in range(per_host)]
-    s = parse_text("\n".join(lines) + "\n")
+    from reconciler.manifest import semantic
+
+    with pytest.MonkeyPatch.context() as m:  # validate would refuse a full block up front;
+        m.setattr(semantic._Checker, "exhaustion", lambda *a: None)  # IPAM is what is tested
+        s = parse_text("\n".join(lines) + "\n")
     seen = set()
     for i in sorted(ids):
         try:

@@ -265,3 +265,50 @@ def test_accepted_manifests_render_unambiguous_hosts_files(text):
                     if getattr(o, "kind", None) is Kind.ADDRESS and o.ns == name]
         for i, p in enumerate(prefixes):
             assert not any(p.overlaps(q) for q in prefixes[i + 1:]), prefixes
+
+
+# ---- property: on a fleet host, validate counts the host's block as IPAM does --------------
+@st.composite
+def small_fleet(draw):
+    size = draw(st.integers(27, 30))
+    hid = draw(st.integers(0, 3))
+    aux = draw(st.lists(st.integers(0, 40), max_size=3, unique=True))
+    explicit = draw(st.lists(st.integers(0, 40), max_size=3, unique=True))
+    autos = draw(st.integers(1, 12))
+    underlay = draw(st.sampled_from(["192.168.1.11", f"10.60.0.{(hid << (32 - size)) + 2}"]))
+    lines = ["version: 1", "hosts:", f"  h1: {{id: {hid}, address: {underlay}}}", "networks:", "  lan:",
+             "    parent: eth0.20", "    block_size: %d" % size, "    subnets:", "      - subnet: 10.60.0.0/24"]
+    aux = [a for a in aux if a not in explicit and a not in (0, 1)]
+    if aux:
+        lines.append("        aux_addresses: {%s}" % ", ".join(f"a{a}: 10.60.0.{a}" for a in aux))
+    lines.append("containers:")
+    for i, a in enumerate(a for a in explicit if a not in (0, 1)):
+        lines.append(f"  x{i}: {{host: h1, networks: {{lan: {{ip: 10.60.0.{a}}}}}}}")
+    for i in range(autos):
+        lines.append(f"  c{i}: {{host: h1, networks: {{lan: {{}}}}}}")
+    return "\n".join(lines) + "\n"
+
+
+@given(text=small_fleet())
+def test_validate_refuses_exactly_what_a_fleet_hosts_block_cannot_hand_out(text, monkeypatch_module):
+    from reconciler import fleet
+
+    try:
+        parse_text(text, "m.yaml")
+        validate_ok = True
+    except ManifestError as e:
+        if not all("no automatic IPv4 address left" in d.message for d in e.diagnostics):
+            return  # another rule refused it (an explicit address on the underlay address, ...)
+        validate_ok = False
+    with monkeypatch_module.context() as m:
+        m.setattr(semantic._Checker, "exhaustion", lambda *args: None)
+        try:
+            d = fleet.select(parse_text(text, "m.yaml"), "h1")
+        except ManifestError:
+            return
+    try:
+        ipam.resolve(d, ipam.IpamFacts(machine_id="m"), ipam.Allocations())
+        ipam_ok = True
+    except ManifestError:
+        ipam_ok = False
+    assert validate_ok == ipam_ok, text
