@@ -1,7 +1,7 @@
 """JSON Schema validation of one manifest, with operator-friendly, positioned messages.
 
 The schema (``schemas/manifest-v1.schema.json``, shipped as package data in
-``reconciler/schemas/``) is the reference. Whether a document is valid is decided by
+``reconciler/schemas/``, a symlink to it) is the reference. Whether a document is valid is decided by
 fastjsonschema (the schema compiled to Python once per process); jsonschema
 (``Draft202012Validator``) is imported and run only for documents that fail, entry by
 entry, for the errors and their words (jsonschema alone takes about 1.3 s for 10,000
