@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional
 
+from ..atomicfile import write_atomic
 from .classify import CLASSES
 from .constants import DEFAULT_STATUS_FILE, KINDS, RESULTS
 
@@ -97,17 +98,10 @@ class DaemonStatus:
 
 
 def write_status(path: str, data: Dict[str, Any]) -> None:
-    """Atomic replace: readers see the old file or the new one, never a mix."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, mode=0o755, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    body = (json.dumps(data, indent=1, sort_keys=False) + "\n").encode("utf-8")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, body)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Atomic replace: readers see the old file or the new one, never a mix. Not fsync'ed:
+    it lives under /run and is rewritten after every reconcile."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n", durable=False)
 
 
 def read_status(path: str) -> Optional[Dict[str, Any]]:
