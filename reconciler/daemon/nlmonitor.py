@@ -29,6 +29,7 @@ left /run/netns (or was replaced) is closed at once, before the reconcile.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import select
 import socket
@@ -54,7 +55,6 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RT_TABLE_MAIN = 254
-_LINK_LOCAL6_PREFIXES = ("fe8", "fe9", "fea", "feb")  # fe80::/10
 IFF_UP = 1
 _HDR = struct.Struct("=IHHII")
 NAMES = {
@@ -158,7 +158,7 @@ def classify_message(mon: NsMonitor, data: bytes, pos: int, length: int, typ: in
         return f"{where}: link {rec.name} {'added' if old is None else 'changed'}"
     if typ in (RTM_NEWADDR, RTM_DELADDR):
         rec = decode_addr(data, body, end)
-        if rec.family == socket.AF_INET6 and rec.address.lower().startswith(_LINK_LOCAL6_PREFIXES):
+        if rec.family == socket.AF_INET6 and rec.address and ipaddress.ip_address(rec.address).is_link_local:
             return None  # the kernel's own IPv6 link-local addresses: exactly what observe skips
         key = (rec.index, rec.family, rec.address, rec.prefixlen)
         dev = mon.link_names.get(rec.index, f"#{rec.index}")

@@ -6,7 +6,6 @@ half-written file. ``format_version`` changes when a field changes meaning.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import time
@@ -16,6 +15,7 @@ from typing import Any, Deque, Dict, List, Optional
 
 from ..atomicfile import write_atomic
 from .classify import CLASSES
+from .logs import iso_utc
 from .constants import DEFAULT_STATUS_FILE, KINDS, RESULTS
 
 FORMAT_VERSION = "1"
@@ -24,10 +24,8 @@ MAX_ACTIONS = 50
 
 
 def iso(unix_ts: Optional[float]) -> Optional[str]:
-    if not unix_ts:
-        return None
-    t = _dt.datetime.fromtimestamp(unix_ts, tz=_dt.timezone.utc)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    """The log lines' timestamp format (``logs.iso_utc``); None for 0 or None (never)."""
+    return iso_utc(unix_ts) if unix_ts else None
 
 
 @dataclass
