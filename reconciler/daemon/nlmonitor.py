@@ -217,7 +217,6 @@ class NetlinkMonitor:
         self._dir_stamp: Optional[Tuple[int, int]] = None
         self._netns_polls = 0
         self.thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
-        self.overflows = 0
 
     # control (any thread) ---------------------------------------------------------------------
     def start(self) -> None:
@@ -314,7 +313,6 @@ class NetlinkMonitor:
                 break
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
-                    self.overflows += 1
                     m.changed = time.monotonic()
                     self.notify("netlink", f"{m.label}: events lost (receive buffer overflow)")
                     if m.dump_seq:

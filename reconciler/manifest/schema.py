@@ -14,8 +14,7 @@ import difflib
 import functools
 import json
 import os
-import re
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Sequence, Set, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     import jsonschema  # imported where used: only a manifest with errors needs it (1/5 of startup)

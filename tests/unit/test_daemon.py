@@ -314,7 +314,6 @@ def test_sd_notify_path_socket(tmp_path):
         assert s.recv(4096) == b"WATCHDOG=1\n"
         n.stopping()
         assert s.recv(4096) == b"STOPPING=1\n"
-        n.close()
     finally:
         s.close()
 
