@@ -583,23 +583,19 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _main(argv: Optional[List[str]], guard) -> int:
-    import gc
+    import contextlib
 
+    from .gcpause import no_cyclic_gc
     from .output import OutputError, error_document, error_text, wants_json
 
     args = build_parser().parse_args(argv)
     if args.command == "watch":
         guard.release()  # the daemon's logs handle their own stream
-    gc_was_enabled = gc.isenabled()
-    if args.command != "watch":
-        # One-shot commands build one large object graph (a 10,000-container manifest is
-        # about a million objects), use it and exit. The cyclic collector would walk the
-        # whole growing heap again and again meanwhile -- measured as ~40% of `plan
-        # --offline` at 10,000 containers; reference counting still frees everything
-        # that is not a cycle. The daemon keeps the collector (long-lived process).
-        gc.disable()
+    # one-shot commands build one large graph, use it and exit: no cyclic GC (gcpause); the
+    # daemon keeps the collector (a long-lived process)
     try:
-        return int(args.func(args))
+        with no_cyclic_gc() if args.command != "watch" else contextlib.nullcontext():
+            return int(args.func(args))
     except OutputError:
         raise
     except ReconcilerError as e:
@@ -618,9 +614,6 @@ def _main(argv: Optional[List[str]], guard) -> int:
         traceback.print_exc()
         print(f"ipvlanctl: internal error (a bug, please report): {e}", file=sys.stderr)
         return Bug.exit_code
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 if __name__ == "__main__":

@@ -118,13 +118,24 @@ def ula_in_use(desired: DesiredState, facts: IpamFacts, previous: Allocations) -
     return ula48_for(facts.machine_id)
 
 
-def _usable_bounds(net: IPNetwork) -> Tuple[int, int]:
-    first, last = int(net.network_address), int(net.broadcast_address)
+def special_address(addr: IPAddress, net: IPNetwork) -> Optional[str]:
+    """What ``addr`` is when no host of ``net`` may use it: the network and broadcast address
+    of an IPv4 subnet up to /30, the subnet-router anycast address of an IPv6 one up to /126.
+    The one statement of that rule (validate refuses them, IPAM skips them)."""
     if net.version == 4 and net.prefixlen <= 30:
-        return first + 1, last - 1  # skip network and broadcast
-    if net.version == 6 and net.prefixlen <= 126:
-        return first + 1, last  # skip the subnet-router anycast address ::
-    return first, last
+        if addr == net.network_address:
+            return "network address"
+        if addr == net.broadcast_address:
+            return "broadcast address"
+    if net.version == 6 and net.prefixlen <= 126 and addr == net.network_address:
+        return "subnet-router anycast address (::)"
+    return None
+
+
+def _usable_bounds(net: IPNetwork) -> Tuple[int, int]:
+    first, last = net.network_address, net.broadcast_address
+    return (int(first) + (special_address(first, net) is not None),
+            int(last) - (special_address(last, net) is not None))
 
 
 class _Pool:

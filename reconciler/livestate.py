@@ -27,9 +27,7 @@ from .render import object_json
 FORMAT_VERSION = "1"
 
 
-def state_json(
-    live: HostState, extra: Optional[Dict[str, Any]] = None, ula_prefix: Optional[str] = None
-) -> Dict[str, Any]:
+def state_json(live: HostState, ula_prefix: Optional[str] = None) -> Dict[str, Any]:
     """``ula_prefix``: the ULA /48 the host's IPAM uses (default: the one in ``live.facts``)."""
     objects = []
     for o in sorted(live, key=lambda o: (int(o.kind),) + tuple(str(k) for k in o.key[1:])):
@@ -65,8 +63,6 @@ def state_json(
         "objects": objects,
         "summary": summary(live),
     }
-    if extra:
-        out.update(extra)
     return out
 
 

@@ -17,6 +17,12 @@ from typing import Mapping, Optional, Tuple, Union
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
+# IFLA_IPVLAN_MODE and IFLA_IPVLAN_FLAGS values (include/uapi/linux/if_link.h)
+IPVLAN_MODE = {"l2": 0, "l3": 1, "l3s": 2}
+IPVLAN_FLAG = {"bridge": 0, "private": 1, "vepa": 2}
+_MODE_NAME = {v: k for k, v in IPVLAN_MODE.items()}
+_FLAG_NAME = {v: k for k, v in IPVLAN_FLAG.items()}
+
 
 class Mode(enum.Enum):
     """ipvlan mode; ``kernel`` is the IFLA_IPVLAN_MODE value."""
@@ -27,11 +33,11 @@ class Mode(enum.Enum):
 
     @property
     def kernel(self) -> int:
-        return {"l2": 0, "l3": 1, "l3s": 2}[self.value]
+        return IPVLAN_MODE[self.value]
 
     @classmethod
     def from_kernel(cls, value: int) -> "Mode":
-        return {0: cls.L2, 1: cls.L3, 2: cls.L3S}[value]
+        return cls(_MODE_NAME[value])
 
 
 class Flag(enum.Enum):
@@ -43,11 +49,11 @@ class Flag(enum.Enum):
 
     @property
     def kernel(self) -> int:
-        return {"bridge": 0, "private": 1, "vepa": 2}[self.value]
+        return IPVLAN_FLAG[self.value]
 
     @classmethod
     def from_kernel(cls, value: int) -> "Flag":
-        return {0: cls.BRIDGE, 1: cls.PRIVATE, 2: cls.VEPA}[value & 3]
+        return cls(_FLAG_NAME[value & 3])
 
 
 class ParentKind(enum.Enum):

@@ -15,15 +15,13 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import ClassVar, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
-from .model import Flag, Mode
+from .model import Flag, IPAddress, IPNetwork, Mode
 
 MARKER = "ipvlan-reconciler"  # IFLA_IFALIAS of every link we create (endpoints add " net=NAME")
 RTPROT = 149  # rtm_protocol of every route we create (see deploy/rt_protos.d)
 HOSTS_MARKER = "# managed by ipvlan-reconciler; edits are overwritten"
 
 IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
 class Kind(enum.IntEnum):

@@ -112,7 +112,7 @@ def _hosts_lines(before: Optional[str], after: Optional[str]) -> List[str]:
     return changed
 
 
-def render_text(plan: Plan, color: bool = False) -> str:
+def render_text(plan: Plan) -> str:
     out: List[str] = []
     for w in plan.warnings:
         out.append(f"Warning: {w}")

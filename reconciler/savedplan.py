@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import __version__
+from .atomicfile import write_atomic
 from .errors import UserError
 from .model import DesiredState
 from .objects import HostState, KObject
@@ -314,18 +315,9 @@ def dumps(data: Dict[str, Any]) -> str:
 
 def write(path: str, data: Dict[str, Any]) -> None:
     """Write atomically: a reader (or a crash) never sees half a plan."""
-    tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(dumps(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, dumps(data), durable=True)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise UserError(f"cannot write the saved plan {path}: {e.strerror or e}")
 
 

@@ -1,6 +1,6 @@
 """The state directory: automatic choices, intent records, and the writer lock.
 
-``state.json`` is versioned and written atomically (temp file, fsync, rename,
+``state.json`` is versioned and written atomically and durably (``atomicfile``: temp file, fsync, rename,
 fsync of the directory). It holds:
 - ``allocations``: automatic subnets, addresses and the ULA prefix (IPAM), so
   choices are stable across runs and reboots;
@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
 
+from .atomicfile import write_atomic
 from .errors import LockHeld, UserError
 from .ipam import Allocations
 from .objects import Key, Kind
@@ -89,19 +90,7 @@ class StateStore:
     def save(self, state: State) -> None:
         os.makedirs(self.dir, mode=0o755, exist_ok=True)
         data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode()
-        tmp = self.path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(self.path, data, durable=True)  # ownership records must survive a power loss
 
     @contextmanager
     def lock(self, timeout: float = 60.0) -> Iterator[None]:

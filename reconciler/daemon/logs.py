@@ -20,7 +20,8 @@ logger = logging.getLogger(LOGGER_NAME)
 _RESERVED = ("ts", "level", "msg", "traceback")
 
 
-def _ts(created: float) -> str:
+def iso_utc(created: float) -> str:
+    """UTC, milliseconds, ``Z``: ``2026-01-02T03:04:05.678Z`` (log lines, the status file)."""
     t = _dt.datetime.fromtimestamp(created, tz=_dt.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
@@ -43,7 +44,7 @@ def _jsonable(v: Any) -> Any:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: Dict[str, Any] = {
-            "ts": _ts(record.created),
+            "ts": iso_utc(record.created),
             "level": record.levelname.lower(),
             "msg": record.getMessage(),
         }
@@ -67,7 +68,7 @@ class TextFormatter(logging.Formatter):
         self.timestamps = timestamps
 
     def format(self, record: logging.LogRecord) -> str:
-        head = f"{_ts(record.created)} " if self.timestamps else ""
+        head = f"{iso_utc(record.created)} " if self.timestamps else ""
         line = f"{head}{record.levelname:<7} {record.getMessage()}"
         fields = _fields(record)
         if fields:

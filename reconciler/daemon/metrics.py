@@ -1,131 +1,116 @@
-"""Prometheus metrics in the text exposition format (0.0.4), served by stdlib http.server.
+"""Prometheus metrics, kept and served by prometheus-client.
 
-No client library: a handful of counters, gauges and one histogram, rendered
-on each scrape under a lock. ``--metrics-addr PORT`` binds loopback only;
-give a host (``0.0.0.0:PORT``, ``[::]:PORT``) to expose it further.
+Each :class:`Metrics` has its own registry (not the library's global one: tests build
+several daemons in one process), with the reconciler's metrics (docs/daemon.md) plus the
+library's standard process, platform and GC collectors. :class:`MetricsServer` serves it
+with the library's WSGI app on a threading wsgiref server in a daemon thread:
+``GET /metrics`` (the text format 0.0.4, or OpenMetrics when a scraper asks for it),
+``GET /`` a pointer to it, anything else 404. ``--metrics-addr PORT`` binds loopback
+only; give a host (``0.0.0.0:PORT``, ``[::]:PORT``) to expose it further.
 """
 from __future__ import annotations
 
-import math
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+    make_wsgi_app,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from ..errors import UserError
 from .classify import CLASSES
 from .constants import KINDS, RESULTS
 
-PREFIX = "ipvlan_reconciler_"
+# no <name>_created series beside every counter and histogram: nothing here reads them
+# (the library's switch is process-wide; the daemon is the only user in its process)
+disable_created_metrics()
+
+NAMESPACE = "ipvlan_reconciler"
+PREFIX = NAMESPACE + "_"
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def escape_label(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def fmt_value(v: float) -> str:
-    if isinstance(v, bool):
-        v = int(v)
-    if isinstance(v, int):
-        return str(v)
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if math.isnan(v):
-        return "NaN"
-    return repr(float(v))
 
 
 class Metrics:
+    """The daemon's metrics; the update methods are called by the reconcile loop."""
+
     def __init__(self, buckets: Sequence[float] = BUCKETS):
-        self.lock = threading.Lock()
-        self.reconciles: Dict[str, int] = {r: 0 for r in RESULTS}
-        self.errors: Dict[str, int] = {c: 0 for c in CLASSES}
-        self.buckets = tuple(sorted(buckets))
-        self.bucket_counts = [0] * len(self.buckets)
-        self.duration_sum = 0.0
-        self.duration_count = 0
-        self.managed: Dict[str, int] = {k: 0 for k in KINDS}
-        self.drift_repairs = 0
-        self.pending = 0
-        self.last_success: float = 0.0
-        self.manifest_valid = 0
+        self.registry = r = CollectorRegistry()
+        ns = NAMESPACE
+        self._reconciles = Counter("reconciles", "Reconcile runs by result (converged, pending, failed, rejected, bug).",
+                                   ["result"], namespace=ns, registry=r)
+        self._duration = Histogram("reconcile_duration_seconds", "Duration of reconcile runs (observe, plan, apply, verify).",
+                                   namespace=ns, registry=r, buckets=tuple(sorted(buckets)))
+        self._errors = Counter("errors", "Errors by class: permanent (operator must act), temporary (retried), bug.",
+                               ["class"], namespace=ns, registry=r)
+        self._managed = Gauge("managed_objects", "Objects in the desired state being enforced, by kind.",
+                              ["kind"], namespace=ns, registry=r)
+        self._drift = Counter("drift_repairs", "Reconciles that changed the host without a manifest change.",
+                              namespace=ns, registry=r)
+        self._pending = Gauge("pending_objects", "Objects waiting for the host (a missing parent link).",
+                              namespace=ns, registry=r)
+        self._last_success = Gauge("last_success_timestamp_seconds",
+                                   "Unix time of the last reconcile that converged (0: never).", namespace=ns, registry=r)
+        self._manifest_valid = Gauge("manifest_valid", "1 when the manifests loaded and validated at the last attempt.",
+                                     namespace=ns, registry=r)
+        # every label value from the start: a result or class that never happened reads 0, not absent
+        for res in RESULTS:
+            self._reconciles.labels(res)
+        for cls in CLASSES:
+            self._errors.labels(cls)
+        for kind in KINDS:
+            self._managed.labels(kind)
+        self._kinds = set(KINDS)
+        self._lock = threading.Lock()  # set_managed: one consistent set of gauges
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
 
     # updates ------------------------------------------------------------------------------------
     def reconciled(self, result: str, seconds: float) -> None:
-        with self.lock:
-            self.reconciles[result] = self.reconciles.get(result, 0) + 1
-            self.duration_sum += seconds
-            self.duration_count += 1
-            for i, b in enumerate(self.buckets):
-                if seconds <= b:
-                    self.bucket_counts[i] += 1
+        self._reconciles.labels(result).inc()
+        self._duration.observe(seconds)
 
     def error(self, cls: str) -> None:
-        with self.lock:
-            self.errors[cls] = self.errors.get(cls, 0) + 1
+        self._errors.labels(cls).inc()
 
     def set_managed(self, counts: Dict[str, int]) -> None:
-        with self.lock:
-            for k in set(self.managed) | set(counts):
-                self.managed[k] = counts.get(k, 0)
+        with self._lock:
+            self._kinds |= set(counts)
+            for k in self._kinds:
+                self._managed.labels(k).set(counts.get(k, 0))
 
     def set_pending(self, n: int) -> None:
-        with self.lock:
-            self.pending = n
+        self._pending.set(n)
 
     def drift_repaired(self) -> None:
-        with self.lock:
-            self.drift_repairs += 1
+        self._drift.inc()
 
     def succeeded(self, unix_ts: float) -> None:
-        with self.lock:
-            self.last_success = unix_ts
+        self._last_success.set(unix_ts)
 
     def set_manifest_valid(self, ok: bool) -> None:
-        with self.lock:
-            self.manifest_valid = 1 if ok else 0
+        self._manifest_valid.set(1 if ok else 0)
 
-    # rendering ----------------------------------------------------------------------------------
+    # reading ------------------------------------------------------------------------------------
+    def value(self, name: str, labels: Optional[Dict[str, str]] = None) -> Optional[float]:
+        """One sample's current value, by its name without the prefix (``drift_repairs_total``)."""
+        return self.registry.get_sample_value(PREFIX + name, labels or {})
+
     def render(self) -> str:
-        out: List[str] = []
-
-        def head(name: str, typ: str, help_: str) -> None:
-            out.append(f"# HELP {PREFIX}{name} {help_}")
-            out.append(f"# TYPE {PREFIX}{name} {typ}")
-
-        def sample(name: str, value: float, labels: Optional[List[Tuple[str, str]]] = None) -> None:
-            lab = ""
-            if labels:
-                lab = "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in labels) + "}"
-            out.append(f"{PREFIX}{name}{lab} {fmt_value(value)}")
-
-        with self.lock:
-            head("reconciles_total", "counter", "Reconcile runs by result (converged, pending, failed, rejected, bug).")
-            for r in sorted(self.reconciles):
-                sample("reconciles_total", self.reconciles[r], [("result", r)])
-            head("reconcile_duration_seconds", "histogram", "Duration of reconcile runs (observe, plan, apply, verify).")
-            for b, n in zip(self.buckets, self.bucket_counts):
-                sample("reconcile_duration_seconds_bucket", n, [("le", fmt_value(float(b)))])
-            sample("reconcile_duration_seconds_bucket", self.duration_count, [("le", "+Inf")])
-            sample("reconcile_duration_seconds_sum", float(self.duration_sum))
-            sample("reconcile_duration_seconds_count", self.duration_count)
-            head("errors_total", "counter", "Errors by class: permanent (operator must act), temporary (retried), bug.")
-            for c in sorted(self.errors):
-                sample("errors_total", self.errors[c], [("class", c)])
-            head("managed_objects", "gauge", "Objects in the desired state being enforced, by kind.")
-            for k in sorted(self.managed):
-                sample("managed_objects", self.managed[k], [("kind", k)])
-            head("drift_repairs_total", "counter", "Reconciles that changed the host without a manifest change.")
-            sample("drift_repairs_total", self.drift_repairs)
-            head("pending_objects", "gauge", "Objects waiting for the host (a missing parent link).")
-            sample("pending_objects", self.pending)
-            head("last_success_timestamp_seconds", "gauge", "Unix time of the last reconcile that converged (0: never).")
-            sample("last_success_timestamp_seconds", float(self.last_success))
-            head("manifest_valid", "gauge", "1 when the manifests loaded and validated at the last attempt.")
-            sample("manifest_valid", self.manifest_valid)
-        return "\n".join(out) + "\n"
+        """The text exposition format (what ``GET /metrics`` answers a plain scraper)."""
+        return generate_latest(self.registry).decode("utf-8")
 
 
 def parse_addr(spec: str) -> Tuple[str, int]:
@@ -152,50 +137,47 @@ def parse_addr(spec: str) -> Tuple[str, int]:
     return host, port
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "ipvlan-reconciler"
+INDEX = b'ipvlan-reconciler: metrics at <a href="/metrics">/metrics</a>\n'
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        path = self.path.split("?", 1)[0]
+
+def _routes(metrics_app):
+    """/metrics -> the library's app; / -> a pointer to it; anything else 404."""
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO") or "/"
         if path == "/metrics":
-            body = self.server.metrics.render().encode("utf-8")  # type: ignore[attr-defined]
-            ctype = CONTENT_TYPE
-            code = 200
-        elif path == "/":
-            body = b'ipvlan-reconciler: metrics at <a href="/metrics">/metrics</a>\n'
-            ctype = "text/html; charset=utf-8"
-            code = 200
-        else:
-            body = b"not found\n"
-            ctype = "text/plain; charset=utf-8"
-            code = 404
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            return metrics_app(environ, start_response)
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [INDEX]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found\n"]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    server_version = "ipvlan-reconciler"
 
     def log_message(self, format: str, *args) -> None:  # scrapes are not news
         pass
 
 
 class MetricsServer:
-    """http.server in a daemon thread; ``port`` 0 picks a free port (see ``.address``)."""
+    """The metrics app on a threading wsgiref server in a daemon thread; ``port`` 0 picks a
+    free port (see ``.address``)."""
 
     def __init__(self, metrics: Metrics, host: str, port: int):
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family = infos[0][0]
-
-        class Server(ThreadingHTTPServer):
-            address_family = family
-            daemon_threads = True
-            allow_reuse_address = True
-
         try:
-            self.httpd = Server(infos[0][4][:2], _Handler)
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+            class Server(ThreadingWSGIServer):
+                address_family = family
+                allow_reuse_address = True
+
+            self.httpd = make_server(host, port, _routes(make_wsgi_app(metrics.registry)), Server, _QuietHandler)
         except OSError as e:
-            raise UserError(f"--metrics-addr {host}:{port}: cannot listen: {e.strerror}")
-        self.httpd.metrics = metrics  # type: ignore[attr-defined]
+            raise UserError(f"--metrics-addr {host}:{port}: cannot listen: {e.strerror or e}")
         self.address = self.httpd.server_address[:2]
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
 

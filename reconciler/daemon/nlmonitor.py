@@ -39,6 +39,7 @@ until the next resync -- harmless, as only dumps of a namespace held here
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import select
 import socket
@@ -66,7 +67,6 @@ RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RT_TABLE_MAIN = 254
 RTPROT = 149  # objects.RTPROT: our routes
 RTPROT_BIRD = 12  # rtm_protocol of the routes BIRD installs
-_LINK_LOCAL6_PREFIXES = ("fe8", "fe9", "fea", "feb")  # fe80::/10
 IFF_UP = 1
 _HDR = struct.Struct("=IHHII")
 NAMES = {
@@ -173,7 +173,7 @@ def classify_message(mon: NsMonitor, data: bytes, pos: int, length: int, typ: in
         return f"{where}: link {rec.name} {'added' if old is None else 'changed'}"
     if typ in (RTM_NEWADDR, RTM_DELADDR):
         rec = decode_addr(data, body, end)
-        if rec.family == socket.AF_INET6 and rec.address.lower().startswith(_LINK_LOCAL6_PREFIXES):
+        if rec.family == socket.AF_INET6 and rec.address and ipaddress.ip_address(rec.address).is_link_local:
             return None  # the kernel's own IPv6 link-local addresses: exactly what observe skips
         key = (rec.index, rec.family, rec.address, rec.prefixlen)
         dev = mon.link_names.get(rec.index, f"#{rec.index}")
@@ -236,7 +236,6 @@ class NetlinkMonitor:
         self._dir_stamp: Optional[Tuple[int, int]] = None
         self._netns_polls = 0
         self.thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
-        self.overflows = 0
         self._no_cookie_logged = False
 
     # control (any thread) ---------------------------------------------------------------------
@@ -345,7 +344,6 @@ class NetlinkMonitor:
                 break
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
-                    self.overflows += 1
                     m.changed = time.monotonic()
                     self.notify("netlink", f"{m.label}: events lost (receive buffer overflow)")
                     if m.dump_seq:

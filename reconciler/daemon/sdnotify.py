@@ -73,8 +73,3 @@ class Notifier:
 
     def stopping(self, status: str = "") -> bool:
         return self.send(STOPPING="1", **({"STATUS": status} if status else {}))
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None

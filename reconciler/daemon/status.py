@@ -6,7 +6,6 @@ half-written file. ``format_version`` changes when a field changes meaning.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import time
@@ -14,7 +13,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional
 
+from ..atomicfile import write_atomic
 from .classify import CLASSES
+from .logs import iso_utc
 from .constants import DEFAULT_STATUS_FILE, KINDS, RESULTS
 
 FORMAT_VERSION = "1"
@@ -23,10 +24,8 @@ MAX_ACTIONS = 50
 
 
 def iso(unix_ts: Optional[float]) -> Optional[str]:
-    if not unix_ts:
-        return None
-    t = _dt.datetime.fromtimestamp(unix_ts, tz=_dt.timezone.utc)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    """The log lines' timestamp format (``logs.iso_utc``); None for 0 or None (never)."""
+    return iso_utc(unix_ts) if unix_ts else None
 
 
 @dataclass
@@ -99,17 +98,10 @@ class DaemonStatus:
 
 
 def write_status(path: str, data: Dict[str, Any]) -> None:
-    """Atomic replace: readers see the old file or the new one, never a mix."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, mode=0o755, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    body = (json.dumps(data, indent=1, sort_keys=False) + "\n").encode("utf-8")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, body)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Atomic replace: readers see the old file or the new one, never a mix. Not fsync'ed:
+    it lives under /run and is rewritten after every reconcile."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n", durable=False)
 
 
 def read_status(path: str) -> Optional[Dict[str, Any]]:

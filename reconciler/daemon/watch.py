@@ -128,7 +128,6 @@ class Daemon:
         self.last_writing: List[str] = []
         self.ready_sent = False
         self.heartbeat = clock()
-        self.stopping = False
         self.watcher = None
         self.monitor = None
         self.monitor_kernel = None
@@ -159,7 +158,7 @@ class Daemon:
             extra = {"cache": self.observation} if self.observation is not None else {}
             return fn(desired, self.store, kernel, rollback=True, lock_timeout=self.lock_timeout, **extra)
         finally:
-            if kernel is not None and hasattr(kernel, "close"):
+            if kernel is not None:  # None: a test's kernel_factory
                 kernel.close()
 
     @staticmethod
@@ -186,10 +185,10 @@ class Daemon:
             self.last_writing = []
             self.triggers.cancel("settle")
         digest, files, missing = fingerprint(self.paths)
-        if self.watcher is not None and self.watcher.refresh():
-            # a watch was (re)placed: anything that changed before it was in place is in
+        if self.watcher is not None:
+            # (re)place watches first: anything that changed before a watch was in place is in
             # this read already; a change racing with it will show in the next event
-            pass
+            self.watcher.refresh()
         self.status.manifest_missing = list(missing)
         if missing:
             if missing != self.last_missing:
@@ -349,7 +348,7 @@ class Daemon:
         finally:
             self.after_reconcile()
         seconds = self.clock() - t0
-        self.status.last_netlink_writes = getattr(out, "netlink_writes", 0)
+        self.status.last_netlink_writes = out.netlink_writes
         actions = list(out.plan.actions)
         self.status.last_actions = [action_line(a) for a in actions] if actions else self.status.last_actions
         pending = [str(p) for p in out.plan.pending]
@@ -448,9 +447,8 @@ class Daemon:
     def timing(self, out) -> Dict[str, object]:
         """Where a reconcile's time went, and how much of the host it dumped (for the log)."""
         extra: Dict[str, object] = {}
-        phases = getattr(out, "phases", None)
-        if phases:
-            extra["phases"] = " ".join(f"{k}={v:.3f}" for k, v in phases.items())
+        if out.phases:
+            extra["phases"] = " ".join(f"{k}={v:.3f}" for k, v in out.phases.items())
         if self.observation is not None:
             extra["namespaces_dumped"] = self.observation.dumped
             extra["namespaces_reused"] = self.observation.reused
@@ -642,7 +640,6 @@ class Daemon:
                         self.notifier.watchdog()
                     next_ping = self.clock() + wd
         finally:
-            self.stopping = True
             self.status.phase = "stopping"
             self.notifier.stopping("stopping; the network stays as it is")
             self.triggers.close()

@@ -26,8 +26,6 @@ class ApplyResult:
     done: List[Action] = field(default_factory=list)
     failed: List[Tuple[Action, str]] = field(default_factory=list)
     not_run: List[Action] = field(default_factory=list)
-    rolled_back: List[Action] = field(default_factory=list)
-    rollback_failed: List[Tuple[Action, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -44,8 +44,6 @@ from .netlink import LinkRec
 if TYPE_CHECKING:  # pragma: no cover
     from .apply import Ctx
 
-_LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/10")
-
 
 def _fam(version: int) -> int:
     return socket.AF_INET if version == 4 else socket.AF_INET6
@@ -187,7 +185,7 @@ def _observe_ns(
         if ifname is None:
             continue
         iface = ipaddress.ip_interface(f"{a.address}/{a.prefixlen}")
-        if iface.version == 6 and iface.ip in _LINK_LOCAL6:
+        if iface.version == 6 and iface.ip.is_link_local:  # fe80::/10, the kernel's own
             continue
         objs.append(Address(ns=name, ifname=ifname, address=iface))
     for r in view.routes:

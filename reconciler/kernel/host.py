@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
+from ..atomicfile import write_atomic
 from ..errors import KernelError
 from ..objects import HOSTS_MARKER, RTPROT
 from .netlink import (
@@ -417,13 +418,9 @@ class Kernel:
     def write_hosts(self, name: str, content: str) -> None:
         d = os.path.join(self.etc_netns, name)
         path = os.path.join(d, "hosts")
-        tmp = path + ".ipvlan-reconciler.tmp"
         try:
             os.makedirs(d, mode=0o755, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(content)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            write_atomic(path, content, durable=False)  # the next reconcile rewrites it
         except OSError as e:
             raise KernelError("write", path, e.errno or errno.EIO)
 

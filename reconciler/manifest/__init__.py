@@ -16,18 +16,17 @@ everything" (SPEC section 3); emptying a host takes a manifest with `version: 1`
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
-import gc
 import hashlib
 import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..errors import Diagnostic, ManifestError
+from ..gcpause import no_cyclic_gc
 from ..model import DesiredState, Location
 from . import schema as _schema
 from . import semantic as _semantic
@@ -302,19 +301,6 @@ def _unquote_non_manifests(docs: Sequence[Document], problems: List[Diagnostic])
     return out
 
 
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    """Loading allocates hundreds of thousands of small acyclic objects; the cyclic GC
-    would walk the growing heap again and again for nothing (a quarter of the time)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def load(paths: Sequence[str], cache: Optional[ParseCache] = None) -> DesiredState:
     """All manifests of ``paths`` as one desired state; ManifestError lists every problem.
 
@@ -322,7 +308,7 @@ def load(paths: Sequence[str], cache: Optional[ParseCache] = None) -> DesiredSta
     content changed since the cache last saw them are parsed again."""
     if isinstance(paths, (str, bytes, os.PathLike)):
         paths = [os.fsdecode(paths)]
-    with _no_gc():
+    with no_cyclic_gc():
         docs, diags = load_documents(list(paths), cache)
         return check_documents(docs, diags)
 
@@ -331,7 +317,7 @@ def load_texts(items: Sequence[Tuple[str, str]]) -> DesiredState:
     """Like load(), from (filename, text) pairs: one manifest file each (for tests, stdin)."""
     docs: List[Document] = []
     diags: List[Diagnostic] = []
-    with _no_gc():
+    with no_cyclic_gc():
         for filename, text in items:
             doc, d = parse_document(text, filename)
             docs.append(doc)

@@ -1,15 +1,11 @@
 """JSON Schema validation of one manifest, with operator-friendly, positioned messages.
 
 The schema (``schemas/manifest-v1.schema.json``, shipped as package data in
-``reconciler/schemas/``) is the reference; ``jsonschema.Draft202012Validator``
-produces every error. jsonschema is slow on large documents (about 1.3 s for
-10,000 containers), so a valid document is first confirmed by a small
-compiled checker (:func:`compile_checker`) that evaluates exactly the keywords
-the schema uses, as plain Python closures (about 30x faster). Only documents
-or entries that fail it go through jsonschema, entry by entry, for the
-messages. A schema keyword the compiler does not know disables the fast path
-(everything goes through jsonschema), so a schema change can make validation
-slower, never wrong; tests check that both agree.
+``reconciler/schemas/``, a symlink to it) is the reference. Whether a document is valid is decided by
+fastjsonschema (the schema compiled to Python once per process); jsonschema
+(``Draft202012Validator``) is imported and run only for documents that fail, entry by
+entry, for the errors and their words (jsonschema alone takes about 1.3 s for 10,000
+containers; the numbers are in docs/ARCHITECTURE.md). Tests check that both agree.
 """
 from __future__ import annotations
 
@@ -18,8 +14,7 @@ import difflib
 import functools
 import json
 import os
-import re
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Sequence, Set, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     import jsonschema  # imported where used: only a manifest with errors needs it (1/5 of startup)
@@ -74,250 +69,67 @@ def _shallow_validator() -> jsonschema.Draft202012Validator:
 def _def_validator(name: str) -> jsonschema.Draft202012Validator:
     import jsonschema
 
-    s = schema()
-    return jsonschema.Draft202012Validator({"$schema": s["$schema"], "$defs": s["$defs"], "$ref": f"#/$defs/{name}"})
+    return jsonschema.Draft202012Validator(_def_schema(name))
 
 
-# ---- the fast checker ----------------------------------------------------------------------
+# ---- the fast path: fastjsonschema ---------------------------------------------------------
 
-
-class Unsupported(Exception):
-    """The schema uses a keyword the fast checker does not implement."""
-
-
-_ANNOTATIONS = {"$schema", "$id", "$defs", "title", "description", "examples", "default", "format", "$comment"}
 Check = Callable[[Any], bool]
 
 
-def _is_int(x: Any) -> bool:
-    return (isinstance(x, int) and not isinstance(x, bool)) or (isinstance(x, float) and x.is_integer())
+def _compiled(definition: Dict[str, Any]) -> Check:
+    """fastjsonschema's compiled validator of ``definition`` as a predicate. It leaves the
+    document alone (no defaults filled in) and checks no ``format`` (jsonschema, which
+    words the errors, checks none either: addresses are the semantic layer's). It gets a
+    copy: fastjsonschema rewrites the ``$ref`` values of what it compiles in place."""
+    import fastjsonschema
 
+    validate = fastjsonschema.compile(copy.deepcopy(definition), use_default=False, use_formats=False)
+    invalid = fastjsonschema.JsonSchemaValueException
 
-_TYPES: Dict[str, Check] = {
-    "object": lambda x: isinstance(x, dict),
-    "array": lambda x: isinstance(x, list),
-    "string": lambda x: isinstance(x, str),
-    "integer": _is_int,
-    "number": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
-    "boolean": lambda x: isinstance(x, bool),
-    "null": lambda x: x is None,
-}
-
-
-def _equal(a: Any, b: Any) -> bool:
-    """JSON Schema equality: true is not 1, 1.0 is 1."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    return type(a) is type(b) and a == b
-
-
-def _all(checks: List[Check]) -> Check:
-    """A predicate true when every check is (no generator: this runs per value)."""
-    if not checks:
-        return lambda x: True
-    if len(checks) == 1:
-        return checks[0]
-    if len(checks) == 2:
-        a, b = checks
-        return lambda x: a(x) and b(x)
-    if len(checks) == 3:
-        a, b, c = checks
-        return lambda x: a(x) and b(x) and c(x)
-
-    def every(x: Any) -> bool:
-        for f in checks:
-            if not f(x):
-                return False
+    def check(instance: Any) -> bool:
+        try:
+            validate(instance)
+        except invalid:
+            return False
         return True
 
-    return every
+    return check
 
 
-_KNOWN = {
-    "$ref", "type", "const", "enum", "required", "properties", "additionalProperties",
-    "propertyNames", "pattern", "maxLength", "minLength", "minimum", "maximum",
-    "maxItems", "minItems", "uniqueItems", "items", "maxProperties", "minProperties",
-}
-
-
-def _size_bounds(s: Dict[str, Any], max_key: str, min_key: str) -> List[Check]:
-    """len() bounds (maxProperties/minProperties, maxLength/minLength, maxItems/minItems)."""
-    out: List[Check] = []
-    if max_key in s:
-        hi = s[max_key]
-        out.append(lambda x, hi=hi: len(x) <= hi)
-    if min_key in s:
-        lo = s[min_key]
-        out.append(lambda x, lo=lo: len(x) >= lo)
-    return out
-
-
-def _each(check: Check) -> Check:
-    """True when every member passes: a dict's keys (propertyNames), a list's items."""
-
-    def each(x: Any) -> bool:
-        for v in x:
-            if not check(v):
-                return False
-        return True
-
-    return each
-
-
-def compile_checker(root: Dict[str, Any], node: Optional[Dict[str, Any]] = None) -> Check:
-    """Compile a (sub)schema of ``root`` into a predicate equal to jsonschema's
-    ``is_valid`` for the keywords listed in ``_KNOWN`` (others raise Unsupported)."""
-    refs: Dict[str, Check] = {}
-
-    def ref(target: str) -> Check:
-        if target in refs:
-            return refs[target]
-        if not target.startswith("#/$defs/"):
-            raise Unsupported(f"$ref {target}")
-        cell: List[Check] = []
-        refs[target] = lambda x: cell[0](x)  # a recursive reference sees the final check
-        cell.append(comp(root["$defs"][target[len("#/$defs/"):]]))
-        refs[target] = cell[0]
-        return cell[0]
-
-    def comp(s: Any) -> Check:
-        if s is True:
-            return lambda x: True
-        if s is False:
-            return lambda x: False
-        if not isinstance(s, dict):
-            raise Unsupported(repr(s))
-        unknown = set(s) - _ANNOTATIONS - _KNOWN
-        if unknown:
-            raise Unsupported(", ".join(sorted(unknown)))
-        checks: List[Check] = []
-        if "$ref" in s:
-            checks.append(ref(s["$ref"]))
-        if "type" in s:
-            ts = s["type"] if isinstance(s["type"], list) else [s["type"]]
-            if ts == ["object", "null"]:
-                checks.append(lambda x: x is None or isinstance(x, dict))
-            elif len(ts) == 1:
-                checks.append(_TYPES[ts[0]])
-            else:
-                tfs = [_TYPES[t] for t in ts]
-                checks.append(lambda x, tfs=tfs: any(f(x) for f in tfs))
-        if "const" in s:
-            c = s["const"]
-            checks.append(lambda x, c=c: _equal(x, c))
-        if "enum" in s:
-            en = s["enum"]
-            if all(isinstance(v, str) for v in en):
-                es = frozenset(en)
-                checks.append(lambda x, es=es: isinstance(x, str) and x in es)
-            else:
-                checks.append(lambda x, en=en: any(_equal(x, v) for v in en))
-        # object keywords: one function, one isinstance
-        obj: List[Check] = []
-        if "required" in s:
-            req = tuple(s["required"])
-            obj.append(lambda x, req=req: all(k in x for k in req))
-        obj += _size_bounds(s, "maxProperties", "minProperties")
-        if "propertyNames" in s:
-            obj.append(_each(comp(s["propertyNames"])))
-        if "properties" in s or "additionalProperties" in s:
-            props = {k: comp(v) for k, v in s.get("properties", {}).items()}
-            addl = s.get("additionalProperties", True)
-            if addl is False:
-
-                def check_props(x: dict, props: Dict[str, Check] = props) -> bool:
-                    get = props.get
-                    for k, v in x.items():
-                        p = get(k)
-                        if p is None or not p(v):
-                            return False
-                    return True
-
-            else:
-                addl_check = comp(addl)
-
-                def check_props(x: dict, props: Dict[str, Check] = props, addl_check: Check = addl_check) -> bool:
-                    get = props.get
-                    for k, v in x.items():
-                        p = get(k, addl_check)
-                        if not p(v):
-                            return False
-                    return True
-
-            obj.append(check_props)
-        if obj:
-            o = _all(obj)
-            checks.append(lambda x, o=o: not isinstance(x, dict) or o(x))
-        # string keywords
-        st: List[Check] = []
-        if "pattern" in s:
-            rx = re.compile(s["pattern"])
-            st.append(lambda x, search=rx.search: search(x) is not None)
-        st += _size_bounds(s, "maxLength", "minLength")
-        if st:
-            sc = _all(st)
-            checks.append(lambda x, sc=sc: not isinstance(x, str) or sc(x))
-        # number keywords
-        if "minimum" in s or "maximum" in s:
-            lo, hi = s.get("minimum"), s.get("maximum")
-
-            def num(x: Any, lo: Any = lo, hi: Any = hi) -> bool:
-                if isinstance(x, bool) or not isinstance(x, (int, float)):
-                    return True
-                return (lo is None or x >= lo) and (hi is None or x <= hi)
-
-            checks.append(num)
-        # array keywords
-        arr: List[Check] = []
-        arr += _size_bounds(s, "maxItems", "minItems")
-        if "items" in s:
-            arr.append(_each(comp(s["items"])))
-        if s.get("uniqueItems") is True:
-            arr.append(_unique)
-        if arr:
-            ac = _all(arr)
-            checks.append(lambda x, ac=ac: not isinstance(x, list) or ac(x))
-        return _all(checks)
-
-    return comp(root if node is None else node)
-
-
-def _unique(items: list) -> bool:
-    if all(isinstance(v, str) for v in items):
-        return len(set(items)) == len(items)
-    for i, a in enumerate(items):
-        for b in items[i + 1 :]:
-            if _equal(a, b):
-                return False
-    return True
+def _def_schema(name: str) -> Dict[str, Any]:
+    s = schema()
+    return {"$schema": s["$schema"], "$defs": s["$defs"], "$ref": f"#/$defs/{name}"}
 
 
 @functools.lru_cache(maxsize=None)
-def _fast() -> Optional[Tuple[Check, Dict[str, Check], Check]]:
-    """(whole manifest, each section's entries, the manifest without its entries)."""
-    s = schema()
-    try:
-        return (
-            compile_checker(s),
-            {d: compile_checker(s, s["$defs"][d]) for d in SECTIONS.values()},
-            compile_checker(_shallow_schema()),
-        )
-    except Unsupported:  # pragma: no cover - only when the schema grows a new keyword
-        return None
+def _fast() -> Tuple[Check, Dict[str, Check], Check]:
+    """(whole manifest, each section's entries, the manifest without its entries).
+
+    The whole-manifest check is the other two together (the full schema is the shallow one
+    with each section's entries following their $defs entry): compiling it separately would
+    generate all of it twice (fastjsonschema compiles at run time, in each process)."""
+    entry = {d: _compiled(_def_schema(d)) for d in SECTIONS.values()}
+    shallow = _compiled(_shallow_schema())
+    sections = tuple((sec, entry[d]) for sec, d in SECTIONS.items())
+
+    def whole(root: Any) -> bool:
+        if not shallow(root):
+            return False
+        for sec, check in sections:
+            entries = root.get(sec)
+            if isinstance(entries, dict):
+                for v in entries.values():
+                    if not check(v):
+                        return False
+        return True
+
+    return whole, entry, shallow
 
 
 def is_valid(instance: Any) -> bool:
-    """Schema validity of a whole manifest (fast path when available)."""
-    fast = _fast()
-    if fast is None:
-        return validator().is_valid(instance)
-    return fast[0](instance)
+    """Schema validity of a whole manifest (the fast path)."""
+    return _fast()[0](instance)
 
 
 # ---- errors with positions and plain messages ----------------------------------------------
@@ -326,11 +138,7 @@ def is_valid(instance: Any) -> bool:
 def iter_errors(root: Any) -> Iterable[Tuple[Tuple[Any, ...], jsonschema.ValidationError]]:
     """Every schema error of a manifest as (absolute path, error); nothing when valid."""
     fast = _fast()
-    if fast is not None and fast[0](root):
-        return
-    if fast is None:
-        for e in validator().iter_errors(root):
-            yield tuple(e.absolute_path), e
+    if fast[0](root):
         return
     if not fast[2](root):  # jsonschema only where something is wrong (10,000 names: 0.3 s)
         for e in _shallow_validator().iter_errors(root):
@@ -347,6 +155,19 @@ def iter_errors(root: Any) -> Iterable[Tuple[Tuple[Any, ...], jsonschema.Validat
                 continue
             for e in _def_validator(def_name).iter_errors(entry):
                 yield (sec, name) + tuple(e.absolute_path), e
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """JSON Schema equality: true is not 1, 1.0 is 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
 
 
 _TYPE_WORDS = {

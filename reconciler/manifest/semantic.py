@@ -36,7 +36,7 @@ from ..model import (
     Warning_,
     dummy_parent_name,
 )
-from ..ipam import _usable_bounds
+from ..ipam import _usable_bounds, special_address
 from .yamlload import Document, Pos, YMap, printable
 
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL: names have at most 15 bytes
@@ -937,16 +937,7 @@ def _address_literal(name: str) -> Optional[str]:
         return None
 
 
-def _special(addr: IPAddress, net: IPNetwork) -> Optional[str]:
-    """'network address' / 'broadcast address' when addr is one that no host may use."""
-    if net.version == 4 and net.prefixlen <= 30:
-        if addr == net.network_address:
-            return "network address"
-        if addr == net.broadcast_address:
-            return "broadcast address"
-    if net.version == 6 and net.prefixlen <= 126 and addr == net.network_address:
-        return "subnet-router anycast address (::)"
-    return None
+_special = special_address  # 'network address' / 'broadcast address' / ...: ipam's rule
 
 
 # Ranges no container interface may use: (range, what it is, why not). Checked against

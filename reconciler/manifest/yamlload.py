@@ -684,9 +684,3 @@ def key_position(mapping: Any, key: str, default: Pos) -> Pos:
     if isinstance(mapping, YMap):
         return mapping.kpos.get(key, default)
     return default
-
-
-def value_position(mapping: Any, key: str, default: Pos) -> Pos:
-    if isinstance(mapping, YMap):
-        return mapping.vpos.get(key, default)
-    return default

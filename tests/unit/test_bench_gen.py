@@ -3,6 +3,7 @@
 wrote itself."""
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import itertools
 import os
@@ -11,11 +12,13 @@ import sys
 
 import pytest
 
-BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench")
-sys.path.insert(0, BENCH)
-import gen  # noqa: E402
+from reconciler.manifest import load_texts
 
-from reconciler.manifest import load_texts  # noqa: E402
+BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench")
+# bench/gen.py is a script, not a package module: load it from its file
+_SPEC = importlib.util.spec_from_file_location("bench_gen", os.path.join(BENCH, "gen.py"))
+gen = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(gen)
 
 
 @pytest.mark.parametrize("networks", [1, 20, 101, 155, 156, gen.MAX_NETWORKS])

@@ -3,11 +3,14 @@ sets them at; other sizes (CI's 50) print the figure and "-". The zero-writes ch
 judged at every size."""
 from __future__ import annotations
 
+import importlib.util
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
-import run as bench  # noqa: E402
+# bench/run.py is a script, not a package module: load it from its file
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_run", os.path.join(os.path.dirname(__file__), "..", "..", "bench", "run.py"))
+bench = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench)
 
 
 def rows(n: int, writes: int = 0) -> dict:

@@ -219,21 +219,27 @@ def test_metrics_text_format():
     for n in ("reconciles_total", "reconcile_duration_seconds", "errors_total", "managed_objects",
               "drift_repairs_total", "pending_objects", "last_success_timestamp_seconds"):
         assert "ipvlan_reconciler_" + n in names
-    assert 'ipvlan_reconciler_reconciles_total{result="converged"} 1' in text
-    assert 'ipvlan_reconciler_reconciles_total{result="failed"} 1' in text
-    assert 'ipvlan_reconciler_errors_total{class="temporary"} 1' in text
-    assert 'ipvlan_reconciler_managed_objects{kind="container"} 5' in text
-    assert 'ipvlan_reconciler_managed_objects{kind="vlan"} 0' in text
-    assert "ipvlan_reconciler_drift_repairs_total 1" in text
-    assert "ipvlan_reconciler_pending_objects 1" in text
-    assert "ipvlan_reconciler_last_success_timestamp_seconds 1700000000.5" in text
+    # values as numbers: the library writes floats Go-style (1.0, 1.7000000005e+09)
+    v = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if not line.startswith("#")}
+    P = "ipvlan_reconciler_"
+    assert v[P + 'reconciles_total{result="converged"}'] == 1
+    assert v[P + 'reconciles_total{result="failed"}'] == 1
+    assert v[P + 'reconciles_total{result="rejected"}'] == 0  # every result from the start
+    assert v[P + 'errors_total{class="temporary"}'] == 1
+    assert v[P + 'managed_objects{kind="container"}'] == 5
+    assert v[P + 'managed_objects{kind="vlan"}'] == 0
+    assert v[P + "drift_repairs_total"] == 1
+    assert v[P + "pending_objects"] == 1
+    assert v[P + "last_success_timestamp_seconds"] == 1700000000.5
     # histogram: cumulative buckets, +Inf == count, sum
-    buckets = re.findall(r'reconcile_duration_seconds_bucket\{le="([^"]+)"\} (\d+)', text)
-    counts = [int(c) for _, c in buckets]
-    assert counts == sorted(counts) and buckets[-1] == ("+Inf", "2")
-    assert dict(buckets)["0.25"] == "1" and dict(buckets)["5.0"] == "2"
-    assert "ipvlan_reconciler_reconcile_duration_seconds_count 2" in text
-    assert "ipvlan_reconciler_reconcile_duration_seconds_sum 3.2" in text
+    buckets = [(k.split('"')[1], n) for k, n in v.items() if k.startswith(P + "reconcile_duration_seconds_bucket{")]
+    counts = [n for _, n in buckets]
+    assert counts == sorted(counts) and buckets[-1] == ("+Inf", 2)
+    assert dict(buckets)["0.25"] == 1 and dict(buckets)["5.0"] == 2
+    assert v[P + "reconcile_duration_seconds_count"] == 2
+    assert v[P + "reconcile_duration_seconds_sum"] == pytest.approx(3.2)
+    # the library's standard process metrics come with it
+    assert v["process_cpu_seconds_total"] >= 0 and v["process_resident_memory_bytes"] > 0
     assert "# TYPE ipvlan_reconciler_reconcile_duration_seconds histogram" in text
 
 
@@ -266,6 +272,26 @@ def test_metrics_server_answers_on_loopback():
         srv.stop()
 
 
+def test_metrics_keep_their_own_registry():
+    """Two daemons in one process (the tests build many) count separately: each Metrics has
+    its own registry, not prometheus-client's global one."""
+    a, b = Metrics(), Metrics()
+    a.drift_repaired()
+    a.set_managed({"network": 3, "bridge": 1})  # a kind named later stays in the set
+    a.set_managed({"network": 1})
+    assert a.value("drift_repairs_total") == 1 and b.value("drift_repairs_total") == 0
+    assert a.value("managed_objects", {"kind": "network"}) == 1
+    assert a.value("managed_objects", {"kind": "bridge"}) == 0
+    assert b.value("managed_objects", {"kind": "network"}) == 0
+    srv = MetricsServer(b, "127.0.0.1", 0)
+    srv.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.address[1]}/", timeout=5) as r:
+            assert b'href="/metrics"' in r.read()
+    finally:
+        srv.stop()
+
+
 # --- sd_notify ---------------------------------------------------------------------------------------
 def _dgram(path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -288,7 +314,6 @@ def test_sd_notify_path_socket(tmp_path):
         assert s.recv(4096) == b"WATCHDOG=1\n"
         n.stopping()
         assert s.recv(4096) == b"STOPPING=1\n"
-        n.close()
     finally:
         s.close()
 
@@ -717,7 +742,7 @@ def test_loop_applies_then_repairs_drift_then_keeps_state_on_broken_manifest(tmp
     # a hand-made change: same desired state, non-empty plan -> a drift repair
     h.next_outcomes = [outcome([netns_action("c1")])]
     h.step("netlink", immediate=False, detail="namespace c1: link eth0 deleted")
-    assert h.status()["counts"]["drift_repairs"] == 1 and h.d.metrics.drift_repairs == 1
+    assert h.status()["counts"]["drift_repairs"] == 1 and h.d.metrics.value("drift_repairs_total") == 1
     # our own events: an empty plan is no drift
     h.step("netlink", immediate=False)
     assert h.status()["counts"]["drift_repairs"] == 1
@@ -850,7 +875,7 @@ def test_loop_pending_and_readiness(tmp_path, quiet_logs):
     assert h.notifier.sent[-1][0] == "READY"  # after the first reconcile attempt
     st = h.status()
     assert st["last_result"] == "pending" and st["pending"] == ["network n7: parent eth7 missing"]
-    assert h.d.metrics.pending == 1
+    assert h.d.metrics.value("pending_objects") == 1
     assert "pending" in h.d.status_line()
 
 
