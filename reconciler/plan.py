@@ -232,6 +232,14 @@ def make_plan(
                 actions.append(Action(Op.CREATE, key, None, after))
             return
         changes, replace = _diff_fields(before, after)
+        if replace and kind is Kind.ACCESS_LINK:
+            # the host's leg goes with the deletions, before any endpoint is created: a
+            # parent holds one driver, so a new macvlan endpoint next to the old ipvlan leg
+            # (or the reverse) is refused (EBUSY)
+            actions.append(Action(Op.DELETE, key, before, None, changes))
+            actions.append(Action(Op.CREATE, key, None, after, changes))
+            _mark_gone(before)
+            return
         if replace:
             actions.append(Action(Op.REPLACE, key, before, after, changes))
             _mark_gone(before)

@@ -300,8 +300,6 @@ class _Checker:
                 else "the host's link could not reach the containers (only bridge mode lets macvlan links talk)"))
         elif not net.macvlan and net.flag is not Flag.BRIDGE:
             why = f"ipvlan flag {net.flag.value}: the host's link could not reach the containers (only flag bridge lets them talk)"
-        elif not net.macvlan and net.mode is Mode.L3S:
-            why = "ipvlan l3s is not supported for host access (use l2 or l3)"
         if why is not None:
             self.err(doc, hpos, f"{ctx} cannot work here: {why}")
             return net

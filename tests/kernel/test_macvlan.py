@@ -79,11 +79,13 @@ networks:
   hl2: {parent: eth0.85, subnets: [{subnet: 10.85.0.0/24}], host_access: {ip: 10.85.0.250}}
   hl3: {parent: eth0.86, ipvlan_mode: l3, subnets: [{subnet: 10.86.0.0/24}], host_access: {ip: 10.86.0.250}}
   hmv: {parent: eth0.87, driver: macvlan, subnets: [{subnet: 10.87.0.0/24}], host_access: {ip: 10.87.0.250}}
+  hls: {parent: eth0.88, ipvlan_mode: l3s, subnets: [{subnet: 10.88.0.0/24}], host_access: {ip: 10.88.0.250}}
 containers:
   ha: {networks: {hl2: {ip: 10.85.0.10}}}
   hb: {networks: {hl3: {ip: 10.86.0.10}}}
   hc: {networks: {hmv: {ip: 10.87.0.10}}}
   hd: {networks: {hmv: {}}}
+  he: {networks: {hls: {ip: 10.88.0.10}}}
 """
 
 
@@ -91,7 +93,7 @@ def access_routes():
     return sorted((r["dst"], r["dev"]) for r in ipj("-4 route show proto 149") if r["dev"].startswith("ih-"))
 
 
-def test_host_access_on_ipvlan_l2_l3_and_macvlan_bridge(rec):
+def test_host_access_on_ipvlan_l2_l3_l3s_and_macvlan_bridge(rec):
     rec.write("a.yaml", ACCESS)
     out = rec.apply()
     assert out["converged"], out
@@ -104,10 +106,11 @@ def test_host_access_on_ipvlan_l2_l3_and_macvlan_bridge(rec):
     assert access_routes() == sorted([
         ("10.85.0.10", access_link_name("hl2")), ("10.86.0.10", access_link_name("hl3")),
         ("10.87.0.10", access_link_name("hmv")), ("10.87.0.2", access_link_name("hmv")),  # hd: automatic
+        ("10.88.0.10", access_link_name("hls")),
     ])
     # the host reaches its containers and they reach the host's address
     for ns, addr, hostaddr in (("ha", "10.85.0.10", "10.85.0.250"), ("hb", "10.86.0.10", "10.86.0.250"),
-                               ("hc", "10.87.0.10", "10.87.0.250")):
+                               ("hc", "10.87.0.10", "10.87.0.250"), ("he", "10.88.0.10", "10.88.0.250")):
         assert host_ping(addr), ns
         assert ping(ns, hostaddr), ns
     # re-apply (what a restarted daemon's first run does): nothing written, no flap
@@ -130,3 +133,52 @@ def test_host_access_on_ipvlan_l2_l3_and_macvlan_bridge(rec):
     assert links("hb")["eth0"]["linkinfo"]["info_kind"] == "macvlan"
     assert links()[access_link_name("hl3")]["linkinfo"]["info_kind"] == "macvlan"
     assert host_ping("10.86.0.10") and ping("hb", "10.86.0.250")
+
+
+def test_macvlan_examples_converge_ping_and_reapply_is_a_noop(tmp_path):
+    """manifests/examples/macvlan: Docker's macvlan documentation (bridge, 802.1Q trunk, dual
+    stack) and the seed's VLAN examples with driver: macvlan."""
+    r = Reconciler(tmp_path)
+    examples = os.path.join(ROOT, "manifests", "examples", "macvlan")
+    try:
+        out = r.apply(paths=[examples])
+        assert out["converged"], out
+        assert links("mvlan_test5")["eth0"]["link_index"] == links()["foo"]["ifindex"]
+        assert links("macvlan50-1")["eth0"]["linkinfo"]["info_kind"] == "macvlan"
+        assert ping("mvlan_test1", "mvlan_test2") and ping("mvlan_test3", "mvlan_test4")
+        assert ping("mvlan_test5", "mvlan_test6") and ping("macvlan50-1", "macvlan50-2")
+        assert not ping("mvlan_test1", "192.168.30.2")  # other VLAN: needs a router
+        assert ping("macvlan216-1", "2001:db8:abc8::21") and ping("macvlan216-1", "192.168.216.11")
+        assert addrs("my-macvlan-alpine") == ["172.16.86.2/24"]
+        assert host_ping("172.16.86.2") and ping("my-macvlan-alpine", "172.16.86.254")  # host access
+        again = r.apply(paths=[examples])
+        assert again["plan"]["changes"] == [] and again["netlink_writes"] == 0
+    finally:
+        r.teardown()
+
+
+def test_daemon_restart_with_a_host_leg_writes_nothing(tmp_path, host_eth0):
+    """A parent with a host leg and containers survives a daemon restart unchanged."""
+    from test_daemon import Daemon, converged
+
+    d = Daemon(tmp_path)
+    try:
+        d.write("a.yaml", """\
+            version: 1
+            networks:
+              dmv: {parent: eth0.91, driver: macvlan, subnets: [{subnet: 10.91.0.0/24}], host_access: {ip: 10.91.0.250}}
+            containers:
+              dm1: {networks: {dmv: {ip: 10.91.0.10}}}
+            """)
+        d.start()
+        d.wait_status(converged, "converged")
+        before = {n: l["ifindex"] for n, l in links(detail=False).items()}
+        assert access_link_name("dmv") in before and host_ping("10.91.0.10")
+        assert d.stop() == 0
+        d.start()
+        st = d.wait_status(lambda st: st.get("pid") == d.proc.pid and converged(st), "restarted")
+        assert st["last_netlink_writes"] == 0 and st["last_actions"] == []
+        assert {n: l["ifindex"] for n, l in links(detail=False).items()} == before
+        assert host_ping("10.91.0.10") and ping("dm1", "10.91.0.250")
+    finally:
+        d.teardown()

@@ -231,3 +231,16 @@ def test_fleet_host_access_uses_only_the_local_hosts_address():
         comp = compile_state(resolved, FACTS)
         leg = comp.desired.get((Kind.ACCESS_LINK, access_link_name("lan")))
         assert leg.addresses == (f"{addr}/32",)
+
+
+def test_access_link_driver_change_deletes_the_old_leg_before_endpoints_are_created():
+    """Regression (VM): a new macvlan endpoint next to the old ipvlan leg is EBUSY."""
+    _, old = desired()
+    _, new = desired(MV.replace("driver: macvlan\n    subnets", "subnets"))
+    plan = make_plan(new.desired, HostState(old.desired, FACTS))
+    seq = [(a.op, a.key[0]) for a in plan.actions]
+    leg_delete = seq.index((Op.DELETE, Kind.ACCESS_LINK))
+    first_endpoint = min(i for i, (op, k) in enumerate(seq) if k is Kind.ENDPOINT and op is not Op.DELETE)
+    assert leg_delete < first_endpoint
+    assert (Op.CREATE, Kind.ACCESS_LINK) in seq
+    assert all(k is not Kind.ACCESS_ROUTE or op is Op.CREATE for op, k in seq)  # they went with the link
