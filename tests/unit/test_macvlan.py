@@ -244,3 +244,32 @@ def test_access_link_driver_change_deletes_the_old_leg_before_endpoints_are_crea
     assert leg_delete < first_endpoint
     assert (Op.CREATE, Kind.ACCESS_LINK) in seq
     assert all(k is not Kind.ACCESS_ROUTE or op is Op.CREATE for op, k in seq)  # they went with the link
+
+
+def test_dual_stack_host_access_holds_a_slash_128_and_routes_both_families():
+    text = """\
+version: 1
+networks:
+  n:
+    parent: eth0
+    ipv6: true
+    subnets: [{subnet: 10.1.0.0/24}, {subnet: "2001:db8:1::/64"}]
+    host_access: {ip: 10.1.0.250, ip6: "2001:db8:1::250"}
+containers:
+  a: {networks: {n: {ip: 10.1.0.10, ip6: "2001:db8:1::10"}}}
+"""
+    _, comp = desired(text)
+    leg = comp.desired.get((Kind.ACCESS_LINK, access_link_name("n")))
+    assert leg.driver == "ipvlan" and leg.addresses == ("10.1.0.250/32", "2001:db8:1::250/128")
+    assert sorted(str(o.dst) for o in comp.desired.of_kind(Kind.ACCESS_ROUTE)) == ["10.1.0.10/32", "2001:db8:1::10/128"]
+
+
+def test_host_access_ip_key_takes_ipv4_only():
+    from reconciler.errors import ManifestError
+
+    with pytest.raises(ManifestError, match="host_access ip: 2001:db8:1::250 is IPv6; use ip6"):
+        parse_text("""\
+version: 1
+networks:
+  n: {parent: eth0, ipv6: true, subnets: [{subnet: "2001:db8:1::/64"}], host_access: {ip: "2001:db8:1::250"}}
+""")
