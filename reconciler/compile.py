@@ -10,9 +10,11 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
-from .model import DesiredState, Mode, Network, ParentKind
+from .model import DesiredState, MacvlanMode, Mode, Network, ParentKind, access_link_name, endpoint_mac
 from .objects import (
     HOSTS_MARKER,
+    AccessLink,
+    AccessRoute,
     Address,
     DummyLink,
     Endpoint,
@@ -179,6 +181,7 @@ def compile_state(
 
     if desired.bgp is not None and desired.local_host is not None:
         objs.extend(_exports(desired, ready_networks, facts, offline, pending))
+    objs.extend(_access_objects(desired, ready_networks, parent_addr_index, problems))
 
     return Compiled(
         desired=HostState(objs),
@@ -199,16 +202,32 @@ def _container_objects(c, desired: DesiredState, ready: List[bool]) -> Tuple[Tup
         if not ready[position]:
             continue
         net = desired.networks[att.network]
-        objs.append(
-            Endpoint(
-                ns=c.name,
-                ifname=att.ifname,
-                parent=net.parent,
-                mode=net.mode,
-                flag=net.flag,
-                network=net.name,
+        if net.macvlan:
+            passthru = net.macvlan_mode is MacvlanMode.PASSTHRU
+            objs.append(
+                Endpoint(
+                    ns=c.name,
+                    ifname=att.ifname,
+                    parent=net.parent,
+                    mode=Mode.L2,
+                    flag=net.flag,
+                    network=net.name,
+                    driver="macvlan",
+                    macvlan_mode=net.macvlan_mode.value,
+                    mac="" if passthru else endpoint_mac(c.name, net.name),
+                )
             )
-        )
+        else:
+            objs.append(
+                Endpoint(
+                    ns=c.name,
+                    ifname=att.ifname,
+                    parent=net.parent,
+                    mode=net.mode,
+                    flag=net.flag,
+                    network=net.name,
+                )
+            )
         objs.append(Sysctl(ns=c.name, ifname=att.ifname, name="disable_ipv6", value=0 if net.ipv6 else 1))
         for fam, ip in ((4, att.ip), (6, att.ip6)):
             if ip is None:
@@ -300,6 +319,45 @@ def _exports(
                 r = ExportRoute(table=table, dst=dst, dev=net.parent)
                 out.setdefault(str(dst), r)
     return list(out.values())
+
+
+def _access_objects(desired: DesiredState, ready: Dict[str, Network], parent_addrs, problems: List[str]) -> List[KObject]:
+    """SPEC 2.3 host access: per ready network with this host's address(es), the host's own
+    link on the parent holding them, and a host route through it to each address of this
+    host's containers on that network."""
+    out: List[KObject] = []
+    for net in ready.values():
+        if not net.host_access:
+            continue
+        hit = [str(a) for a in net.host_access if a in parent_addrs.get(net.parent, ())]
+        if hit:
+            problems.append(
+                f"network {net.name} ({net.host_access_loc}): host_access address {', '.join(hit)} is already "
+                f"present on the parent {net.parent}; the host's leg needs an address of its own"
+            )
+            continue
+        name = access_link_name(net.name)
+        fams = {a.version for a in net.host_access}
+        out.append(AccessLink(
+            name=name,
+            parent=net.parent,
+            network=net.name,
+            driver=net.driver.value,
+            mode=net.mode,
+            flag=net.flag,
+            macvlan_mode=net.macvlan_mode.value if net.macvlan else "",
+            mac=endpoint_mac(name, net.name) if net.macvlan else "",
+            addresses=tuple(sorted(f"{a}/{a.max_prefixlen}" for a in net.host_access)),
+        ))
+        for c in desired.containers.values():
+            for att in c.attachments:
+                if att.network != net.name:
+                    continue
+                for ip in (att.ip, att.ip6):
+                    if ip is not None and ip.version in fams:
+                        dst = (ipaddress.IPv4Network if ip.version == 4 else ipaddress.IPv6Network)((int(ip), ip.max_prefixlen))
+                        out.append(AccessRoute(dst=dst, ifname=name))
+    return out
 
 
 @dataclass

@@ -123,6 +123,12 @@ def select(state: DesiredState, host: str) -> DesiredState:
     containers: Dict[str, Container] = {n: c for n, c in state.containers.items() if c.host == host}
     used: Set[str] = {att.network for c in containers.values() for att in c.attachments}
     networks: Dict[str, Network] = {n: net for n, net in state.networks.items() if n in used}
+    # host access (SPEC 2.3): only this host's address is used here
+    networks = {
+        n: replace(net, host_access=tuple(a for h, a in net.host_access_by_host if h == host))
+        if net.host_access_by_host else net
+        for n, net in networks.items()
+    }
     # VLAN links: the parents of those networks and, through declared links, what they stack on
     want: Set[str] = set()
     todo: List[str] = [net.parent for net in networks.values()]

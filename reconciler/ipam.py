@@ -328,6 +328,10 @@ def resolve(
                     pool.reserve(s.gateway)
                 for _, a in s.aux_addresses:
                     pool.reserve(a)
+            # host access addresses (SPEC 2.3): never handed out, every fleet host's
+            for a in set(net.host_access) | {a for _, a in net.host_access_by_host}:
+                if a.version == fam:
+                    pool.reserve(a)
             for a in facts.parent_addresses.get(net.parent, ()):
                 pool.reserve(a)
             pools[(net.name, fam)] = pool

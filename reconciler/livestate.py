@@ -79,7 +79,8 @@ def summary(live: HostState) -> Dict[str, Any]:
     for o in live.of_kind(Kind.ENDPOINT):
         assert isinstance(o, Endpoint)
         net = networks.setdefault(
-            o.network or "?", {"name": o.network or "?", "parent": o.parent, "mode": o.mode.value,
+            o.network or "?", {"name": o.network or "?", "parent": o.parent, "driver": o.driver,
+                               "mode": o.macvlan_mode if o.driver == "macvlan" else o.mode.value,
                                "flag": o.flag.value, "containers": []}
         )
         net["containers"].append(o.ns)
@@ -108,6 +109,8 @@ def _value(kind: Kind, name: str, v: Any) -> Any:
         return ipaddress.ip_network(v)
     if name == "gateway":
         return ipaddress.ip_address(v)
+    if name == "addresses" and isinstance(v, list):
+        return tuple(v)
     return v
 
 

@@ -56,6 +56,42 @@ class Flag(enum.Enum):
         return cls(_FLAG_NAME[value & 3])
 
 
+class Driver(enum.Enum):
+    """The link type of a network's endpoints (SPEC 2.3)."""
+
+    IPVLAN = "ipvlan"
+    MACVLAN = "macvlan"
+
+
+class MacvlanMode(enum.Enum):
+    """macvlan mode; ``kernel`` is the IFLA_MACVLAN_MODE value (include/uapi/linux/if_link.h)."""
+
+    PRIVATE = "private"
+    VEPA = "vepa"
+    BRIDGE = "bridge"
+    PASSTHRU = "passthru"
+
+    @property
+    def kernel(self) -> int:
+        return MACVLAN_MODES[self.value]
+
+    @classmethod
+    def from_kernel(cls, value: int) -> "MacvlanMode":
+        return cls({v: k for k, v in MACVLAN_MODES.items()}[value])
+
+
+MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
+
+
+def endpoint_mac(container: str, network: str) -> str:
+    """The stable MAC of a macvlan endpoint: 6 bytes of sha256(container NUL network) with
+    the locally administered bit set and the multicast bit clear, so a re-created container
+    keeps its MAC (upstream ARP caches and DHCP reservations survive)."""
+    b = bytearray(hashlib.sha256(f"{container}\0{network}".encode("utf-8")).digest()[:6])
+    b[0] = (b[0] | 0x02) & 0xFE
+    return ":".join(f"{x:02x}" for x in b)
+
+
 class ParentKind(enum.Enum):
     """How a network's parent link comes to exist."""
 
@@ -84,6 +120,11 @@ NOWHERE = Location("<none>", 0, 0)
 def dummy_parent_name(network: str) -> str:
     """The dummy parent of an isolated network: ``di-`` + 12 hex of sha256(name)."""
     return "di-" + hashlib.sha256(network.encode("utf-8")).hexdigest()[:12]
+
+
+def access_link_name(network: str) -> str:
+    """The host's own link of a network with host access: ``ih-`` + 12 hex of sha256(name)."""
+    return "ih-" + hashlib.sha256(network.encode("utf-8")).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -127,6 +168,17 @@ class Network:
     # outside a fleet (and, in cluster mode, when the cluster chooses)
     block_size: Optional[int] = None
     block_size6: Optional[int] = None
+    driver: Driver = Driver.IPVLAN  # SPEC 2.3
+    macvlan_mode: MacvlanMode = MacvlanMode.BRIDGE  # macvlan networks only
+    # SPEC 2.3 host_access: this host's own addresses on the network (after fleet.select:
+    # the local host's); ``host_access_by_host`` keeps a fleet manifest's per-host choice
+    host_access: Tuple[IPAddress, ...] = ()
+    host_access_by_host: Tuple[Tuple[str, IPAddress], ...] = ()
+    host_access_loc: Location = field(default=NOWHERE, compare=False)
+
+    @property
+    def macvlan(self) -> bool:
+        return self.driver is Driver.MACVLAN
 
     @property
     def l3(self) -> bool:

@@ -37,6 +37,10 @@ class Kind(enum.IntEnum):
     HOSTS = 7
     EXPORT = 8  # host routes in the BGP table (SPEC 5.2): last to create, first to delete
 
+    # SPEC 2.3 host access (values apart from other kinds being added: only the order matters)
+    ACCESS_LINK = 10
+    ACCESS_ROUTE = 11
+
     @property
     def label(self) -> str:
         return self.name.lower()
@@ -146,10 +150,12 @@ class Netns(KObject):
 
 @dataclass(frozen=True)
 class Endpoint(KObject):
-    """An ipvlan link inside a container namespace, slave of ``parent`` in the host."""
+    """An ipvlan (or macvlan, SPEC 2.3) link inside a container namespace, slave of
+    ``parent`` in the host. A macvlan endpoint has mode l2 and flag bridge (unused), its
+    ``macvlan_mode`` and its stable ``mac`` ("" in passthru mode: it keeps the parent's)."""
 
     kind: ClassVar[Kind] = Kind.ENDPOINT
-    replace_fields: ClassVar[Tuple[str, ...]] = ("parent", "mode", "flag")
+    replace_fields: ClassVar[Tuple[str, ...]] = ("parent", "driver", "mode", "flag", "macvlan_mode", "mac")
     update_fields: ClassVar[Tuple[str, ...]] = ("network", "up")
 
     ns: str
@@ -160,6 +166,9 @@ class Endpoint(KObject):
     network: str
     up: bool = True
     owned: bool = field(default=True, compare=False)
+    driver: str = "ipvlan"  # "ipvlan" | "macvlan"
+    macvlan_mode: str = ""  # macvlan: bridge | private | vepa | passthru
+    mac: str = ""  # macvlan (not passthru): the stable MAC, lower-case hex with colons
 
     @property
     def key(self) -> Key:
@@ -325,7 +334,82 @@ class ExportRoute(KObject):
         return f"{self.dst} dev {self.dev} table {self.table}"
 
 
-ALL_KINDS = (VlanLink, DummyLink, Netns, Endpoint, Sysctl, Address, Route, HostsFile, ExportRoute)
+ACCESS_MARKER = MARKER + " host-access net="  # IFLA_IFALIAS of a host access link
+
+
+@dataclass(frozen=True)
+class AccessLink(KObject):
+    """SPEC 2.3 host access: the host's own link of a network's driver on its parent
+    (``ih-`` + 12 hex), in the host namespace, holding the host's address(es) as /32 or
+    /128 (``addresses``: sorted CIDR strings, changed in place)."""
+
+    kind: ClassVar[Kind] = Kind.ACCESS_LINK
+    replace_fields: ClassVar[Tuple[str, ...]] = ("parent", "driver", "mode", "flag", "macvlan_mode", "mac")
+    update_fields: ClassVar[Tuple[str, ...]] = ("addresses", "up", "marked")
+
+    name: str
+    parent: str
+    network: str
+    driver: str = "ipvlan"
+    mode: Mode = Mode.L2
+    flag: Flag = Flag.BRIDGE
+    macvlan_mode: str = ""
+    mac: str = ""
+    addresses: Tuple[str, ...] = ()
+    up: bool = True
+    marked: bool = True
+    owned: bool = field(default=True, compare=False)
+
+    @property
+    def key(self) -> Key:
+        return (Kind.ACCESS_LINK, self.name)
+
+    @property
+    def ifname(self) -> str:
+        return self.name
+
+    @property
+    def alias(self) -> str:
+        return ACCESS_MARKER + self.network
+
+    def requires(self) -> Tuple[Key, ...]:
+        return ((Kind.VLAN, self.parent), (Kind.DUMMY, self.parent))
+
+    def describe(self) -> str:
+        what = f"macvlan {self.macvlan_mode}" if self.driver == "macvlan" else f"ipvlan {self.mode.value} {self.flag.value}"
+        return f"{self.name} ({what} on {self.parent}, network {self.network}, host access {' '.join(self.addresses) or '-'})"
+
+
+@dataclass(frozen=True)
+class AccessRoute(KObject):
+    """SPEC 2.3 host access: a host route (/32, /128) to one of this host's containers
+    through the network's access link, in the host's main table, protocol 149. (The BGP
+    export's routes live in their own table and kind.)"""
+
+    kind: ClassVar[Kind] = Kind.ACCESS_ROUTE
+    update_fields: ClassVar[Tuple[str, ...]] = ("ifname",)
+
+    dst: IPNetwork
+    ifname: str
+
+    @property
+    def key(self) -> Key:
+        return (Kind.ACCESS_ROUTE, str(self.dst))
+
+    @property
+    def family(self) -> int:
+        return self.dst.version
+
+    def requires(self) -> Tuple[Key, ...]:
+        return ((Kind.ACCESS_LINK, self.ifname),)
+
+    def describe(self) -> str:
+        return f"host {self.dst} dev {self.ifname}"
+
+
+ALL_KINDS = (
+    VlanLink, DummyLink, Netns, Endpoint, Sysctl, Address, Route, HostsFile, ExportRoute, AccessLink, AccessRoute,
+)
 CLASS_OF_KIND = {cls.kind: cls for cls in ALL_KINDS}
 
 

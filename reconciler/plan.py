@@ -137,6 +137,11 @@ def make_plan(
                 continue
             what = f"{hl.kind} link" if hl.kind else "link"
             errors.append(f"{what} {name} exists and is not managed by ipvlan-reconciler; rename or remove it")
+        elif kind is Kind.ACCESS_LINK:
+            hl = facts.links.get(key[1])
+            if hl is not None and not hl.owned:
+                what = f"{hl.kind} link" if hl.kind else "link"
+                errors.append(f"{what} {key[1]} exists and is not managed by ipvlan-reconciler; rename or remove it")
         elif kind is Kind.NETNS and key[1] in facts.foreign_netns:
             errors.append(f"network namespace {key[1]} exists and is not managed by ipvlan-reconciler; remove it or rename the container")
         elif kind is Kind.ENDPOINT and (key[1], key[2]) in facts.foreign_links:
@@ -191,7 +196,9 @@ def make_plan(
             ns = before.netns
             if kind is not Kind.NETNS and ns is not None and ns in gone_ns:
                 implicit_gone = True
-            if isinstance(before, Endpoint) and before.parent in gone_links:
+            if kind in (Kind.ENDPOINT, Kind.ACCESS_LINK) and before.parent in gone_links:
+                implicit_gone = True
+            if kind is Kind.ACCESS_ROUTE and before.ifname in gone_links:
                 implicit_gone = True
             if kind in (Kind.SYSCTL, Kind.ADDRESS, Kind.ROUTE) and (before.ns, before.ifname) in gone_endpoints:
                 implicit_gone = True
@@ -216,7 +223,7 @@ def make_plan(
             actions.append(Action(Op.CREATE, key, None, after))
             return
         if implicit_gone:
-            if kind is Kind.ENDPOINT:
+            if kind in (Kind.ENDPOINT, Kind.ACCESS_LINK):
                 actions.append(Action(Op.REPLACE, key, before, after, reason=f"its parent {before.parent} is replaced"))
                 _mark_gone(before)
             elif kind is Kind.HOSTS:
@@ -225,6 +232,14 @@ def make_plan(
                 actions.append(Action(Op.CREATE, key, None, after))
             return
         changes, replace = _diff_fields(before, after)
+        if replace and kind is Kind.ACCESS_LINK:
+            # the host's leg goes with the deletions, before any endpoint is created: a
+            # parent holds one driver, so a new macvlan endpoint next to the old ipvlan leg
+            # (or the reverse) is refused (EBUSY)
+            actions.append(Action(Op.DELETE, key, before, None, changes))
+            actions.append(Action(Op.CREATE, key, None, after, changes))
+            _mark_gone(before)
+            return
         if replace:
             actions.append(Action(Op.REPLACE, key, before, after, changes))
             _mark_gone(before)
@@ -232,7 +247,7 @@ def make_plan(
             actions.append(Action(Op.UPDATE, key, before, after, changes))
 
     def _mark_gone(obj: KObject) -> None:
-        if obj.kind in (Kind.VLAN, Kind.DUMMY):
+        if obj.kind in (Kind.VLAN, Kind.DUMMY, Kind.ACCESS_LINK):
             gone_links.add(obj.key[1])
         elif obj.kind is Kind.NETNS:
             gone_ns.add(obj.key[1])

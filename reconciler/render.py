@@ -55,6 +55,9 @@ def _obj_line(obj: KObject, dummies: Optional[Dict[str, str]] = None) -> str:
     if kind is Kind.ADDRESS or kind is Kind.ROUTE or kind is Kind.NETNS:  # the most numerous
         return obj.describe()
     if isinstance(obj, Endpoint):
+        if obj.driver == "macvlan":
+            mac = f" mac {obj.mac}" if obj.mac else ""
+            return f"{obj.describe()} (macvlan {obj.macvlan_mode}{mac} on {obj.parent}, network {obj.network})"
         return (
             f"{obj.describe()} (ipvlan {obj.mode.value} {obj.flag.value} on {obj.parent}, "
             f"network {obj.network})"

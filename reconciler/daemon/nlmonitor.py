@@ -146,6 +146,8 @@ def link_state(rec) -> tuple:
         rec.ipvlan_mode,
         rec.ipvlan_flags,
         rec.disable_ipv6,
+        rec.macvlan_mode,
+        rec.mac if rec.kind == "macvlan" else "",
     )
 
 

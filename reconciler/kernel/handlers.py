@@ -16,11 +16,15 @@ import ipaddress
 import socket
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
 
-from ..model import Flag, Mode
+from ..errors import KernelError
+from ..model import Flag, MacvlanMode, Mode
 from ..objects import (
+    ACCESS_MARKER,
     HOSTS_MARKER,
     MARKER,
     RTPROT,
+    AccessLink,
+    AccessRoute,
     Address,
     DummyLink,
     Endpoint,
@@ -68,11 +72,18 @@ def observe(snap: Snapshot, intents: Iterable[Key] = ()) -> HostState:
         addrs_by_index.setdefault(a.index, []).append(ipaddress.ip_interface(f"{a.address}/{a.prefixlen}"))
 
     links: Dict[str, HostLink] = {}
+    access_links: Dict[int, str] = {}
     for l in host.links:
         kind_key = (Kind.VLAN if l.kind == "vlan" else Kind.DUMMY, l.name)
         marked = l.alias == MARKER
         owned = l.kind in ("vlan", "dummy") and (marked or kind_key in intents)
         lower = by_index.get(l.link).name if l.link and l.link in by_index and l.link_netnsid is None else None
+        if l.kind in ("ipvlan", "macvlan") and (
+            l.alias.startswith(ACCESS_MARKER) or (Kind.ACCESS_LINK, l.name) in intents
+        ):
+            owned = True
+            access_links[l.index] = l.name
+            objs.append(_access_link(l, lower, addrs_by_index.get(l.index, ())))
         links[l.name] = HostLink(
             name=l.name,
             index=l.index,
@@ -90,6 +101,10 @@ def observe(snap: Snapshot, intents: Iterable[Key] = ()) -> HostState:
 
     host_routes = []
     for r in host.routes:
+        if r.protocol == RTPROT and r.table == nl.RT_TABLE_MAIN and r.oif in access_links and r.dst:
+            objs.append(AccessRoute(dst=ipaddress.ip_network(f"{r.dst}/{r.dst_len}", strict=False),
+                                    ifname=access_links[r.oif]))
+            continue
         if r.table == nl.RT_TABLE_MAIN and r.dst_len > 0 and r.dst and r.type == nl.RTN_UNICAST:
             try:
                 host_routes.append(ipaddress.ip_network(f"{r.dst}/{r.dst_len}", strict=False))
@@ -139,6 +154,30 @@ def observe(snap: Snapshot, intents: Iterable[Key] = ()) -> HostState:
     return HostState(objs, facts)
 
 
+def _access_link(l: LinkRec, lower: Optional[str], addrs) -> AccessLink:
+    """A host access link (SPEC 2.3) as observed in the host namespace."""
+    mac = mmode = ""
+    if l.kind == "macvlan":
+        try:
+            mmode = MacvlanMode.from_kernel(l.macvlan_mode or 0).value
+        except (KeyError, ValueError):
+            mmode = str(l.macvlan_mode)
+        mac = l.mac
+    return AccessLink(
+        name=l.name,
+        parent=lower or f"#{l.link}",
+        network=l.alias[len(ACCESS_MARKER):] if l.alias.startswith(ACCESS_MARKER) else "",
+        driver=l.kind,
+        mode=Mode.from_kernel(l.ipvlan_mode or 0) if l.kind == "ipvlan" else Mode.L2,
+        flag=Flag.from_kernel(l.ipvlan_flags or 0) if l.kind == "ipvlan" else Flag.BRIDGE,
+        macvlan_mode=mmode,
+        mac=mac,
+        addresses=tuple(sorted(str(a) for a in addrs if not (a.version == 6 and a.ip in _LINK_LOCAL6))),
+        up=l.up,
+        marked=l.alias.startswith(ACCESS_MARKER),
+    )
+
+
 def _observe_ns(
     name: str, view: NsView, by_index: Dict[int, LinkRec], intents: Set[Key]
 ) -> Tuple[bool, List[KObject], Dict[Tuple[str, str], str]]:
@@ -156,7 +195,7 @@ def _observe_ns(
     for l in view.links:
         if l.name == "lo":
             continue
-        is_ours = l.kind == "ipvlan" and (
+        is_ours = l.kind in ("ipvlan", "macvlan") and (
             l.alias.startswith(MARKER) or (Kind.ENDPOINT, name, l.name) in intents
         )
         if not is_ours:
@@ -167,17 +206,38 @@ def _observe_ns(
         network = ""
         if l.alias.startswith(MARKER + " net="):
             network = l.alias[len(MARKER + " net=") :]
-        objs.append(
-            Endpoint(
-                ns=name,
-                ifname=l.name,
-                parent=parent.name if parent is not None else f"#{l.link}",
-                mode=Mode.from_kernel(l.ipvlan_mode or 0),
-                flag=Flag.from_kernel(l.ipvlan_flags or 0),
-                network=network,
-                up=l.up,
+        if l.kind == "macvlan":
+            try:
+                mmode = MacvlanMode.from_kernel(l.macvlan_mode or 0).value
+            except (KeyError, ValueError):  # a mode this reconciler never sets (source): replaced
+                mmode = str(l.macvlan_mode)
+            objs.append(
+                Endpoint(
+                    ns=name,
+                    ifname=l.name,
+                    parent=parent.name if parent is not None else f"#{l.link}",
+                    mode=Mode.L2,
+                    flag=Flag.BRIDGE,
+                    network=network,
+                    up=l.up,
+                    driver="macvlan",
+                    macvlan_mode=mmode,
+                    # passthru takes the parent's MAC: not ours to compare
+                    mac="" if mmode == "passthru" else l.mac,
+                )
             )
-        )
+        else:
+            objs.append(
+                Endpoint(
+                    ns=name,
+                    ifname=l.name,
+                    parent=parent.name if parent is not None else f"#{l.link}",
+                    mode=Mode.from_kernel(l.ipvlan_mode or 0),
+                    flag=Flag.from_kernel(l.ipvlan_flags or 0),
+                    network=network,
+                    up=l.up,
+                )
+            )
         if l.disable_ipv6 is not None:
             objs.append(Sysctl(ns=name, ifname=l.name, name="disable_ipv6", value=l.disable_ipv6))
     for a in view.addrs:
@@ -314,15 +374,7 @@ class EndpointHandler(Handler):
     def create(self, ctx: "Ctx", obj: Endpoint, phase: int = 0) -> None:
         index = ctx.alloc_ifindex(obj.ns, obj.ifname)
         fd = ctx.ns_fd(obj.ns)
-        data = nl.attr_u16(nl.IFLA_IPVLAN_MODE, obj.mode.kernel) + nl.attr_u16(nl.IFLA_IPVLAN_FLAGS, obj.flag.kernel)
-        info = nl.attr_str(nl.IFLA_INFO_KIND, "ipvlan") + nl.nested(nl.IFLA_INFO_DATA, data)
-        body = (
-            nl.ifinfo(index=index, flags=nl.IFF_UP if obj.up else 0, change=nl.IFF_UP)
-            + nl.attr_str(nl.IFLA_IFNAME, obj.ifname)
-            + nl.attr_u32(nl.IFLA_LINK, ctx.host_index(obj.parent))
-            + nl.attr_u32(nl.IFLA_NET_NS_FD, fd)
-            + nl.nested(nl.IFLA_LINKINFO, info)
-        )
+        body = endpoint_request_body(obj, index, ctx.host_index(obj.parent), fd)
         what = f"endpoint {obj.ns}/{obj.ifname} on {obj.parent}"
         ctx.queue(ctx.kernel.host, phase, nl.request(nl.RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, body), "create", what)
         ctx.queue(ctx.ns_socket(obj.ns), phase + 1, _link_flags_alias(obj.ifname, None, obj.alias, index=index), "mark", what)
@@ -339,6 +391,112 @@ class EndpointHandler(Handler):
         index = ctx.ifindex(after.ns, after.ifname)
         ctx.queue(ctx.ns_socket(after.ns), 0, _link_flags_alias(after.ifname, after.up, after.alias, index=index or 0),
                   "update", f"endpoint {after.ns}/{after.ifname}")
+
+
+def endpoint_request_body(obj: Endpoint, index: int, parent_index: int, ns_fd: Optional[int]) -> bytes:
+    """The RTM_NEWLINK body creating ``obj``: an ipvlan link (mode, flags) or a macvlan link
+    (IFLA_MACVLAN_MODE, and IFLA_ADDRESS unless passthru), in the namespace ``ns_fd``
+    (None: where the socket is, as the host legs of SPEC 2.3 host access are)."""
+    if obj.driver == "macvlan":
+        data = nl.attr_u32(nl.IFLA_MACVLAN_MODE, MacvlanMode(obj.macvlan_mode).kernel)
+        info = nl.attr_str(nl.IFLA_INFO_KIND, "macvlan") + nl.nested(nl.IFLA_INFO_DATA, data)
+    else:
+        data = nl.attr_u16(nl.IFLA_IPVLAN_MODE, obj.mode.kernel) + nl.attr_u16(nl.IFLA_IPVLAN_FLAGS, obj.flag.kernel)
+        info = nl.attr_str(nl.IFLA_INFO_KIND, "ipvlan") + nl.nested(nl.IFLA_INFO_DATA, data)
+    body = (
+        nl.ifinfo(index=index, flags=nl.IFF_UP if obj.up else 0, change=nl.IFF_UP)
+        + nl.attr_str(nl.IFLA_IFNAME, obj.ifname)
+        + nl.attr_u32(nl.IFLA_LINK, parent_index)
+    )
+    if obj.driver == "macvlan" and obj.mac:
+        body += nl.attr_mac(nl.IFLA_ADDRESS, obj.mac)
+    if ns_fd is not None:
+        body += nl.attr_u32(nl.IFLA_NET_NS_FD, ns_fd)
+    return body + nl.nested(nl.IFLA_LINKINFO, info)
+
+
+class AccessLinkHandler(Handler):
+    """SPEC 2.3 host access links, in the host namespace: created with an ifindex we
+    choose (so its addresses go in the same stage), marked, addressed; their addresses
+    are changed in place."""
+
+    kind = Kind.ACCESS_LINK
+
+    def _addr(self, msg_type: int, flags: int, index: int, cidr: str) -> bytearray:
+        iface = ipaddress.ip_interface(cidr)
+        fam = _fam(iface.version)
+        fl = nl.IFA_F_NODAD if iface.version == 6 else 0
+        body = (
+            nl.ifaddr(fam, iface.network.prefixlen, index, flags=fl)
+            + nl.attr_ip(nl.IFA_LOCAL, fam, str(iface.ip))
+            + nl.attr_ip(nl.IFA_ADDRESS, fam, str(iface.ip))
+        )
+        if fl:
+            body += nl.attr_u32(nl.IFA_FLAGS, fl)
+        return nl.request(msg_type, flags, body)
+
+    def create(self, ctx: "Ctx", obj: AccessLink, phase: int = 0) -> None:
+        index = max(ctx.host_links.values(), default=1) + 1
+        for used in ctx.ns_next_index.values():  # indices handed out to endpoints this run
+            index = max(index, used)
+        ctx.host_links[obj.name] = index
+        body = endpoint_request_body(obj, index, ctx.host_index(obj.parent), None)
+        what = f"host access link {obj.name} on {obj.parent}"
+        ctx.queue(ctx.kernel.host, phase, nl.request(nl.RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL, body), "create", what)
+        ctx.queue(ctx.kernel.host, phase + 1, _link_flags_alias(obj.name, None, obj.alias, index=index), "mark", what)
+        for cidr in obj.addresses:
+            ctx.queue(ctx.kernel.host, phase + 1, self._addr(nl.RTM_NEWADDR, nl.NLM_F_CREATE | nl.NLM_F_EXCL, index, cidr),
+                      "add address", f"{obj.name} {cidr}")
+        ctx.host_links_changed = True
+
+    def delete(self, ctx: "Ctx", obj: AccessLink, phase: int = 0) -> None:
+        body = nl.ifinfo() + nl.attr_str(nl.IFLA_IFNAME, obj.name)
+        ctx.queue(ctx.kernel.host, phase, nl.request(nl.RTM_DELLINK, 0, body), "delete", f"host access link {obj.name}",
+                  ok=(errno.ENODEV,))
+        ctx.host_links.pop(obj.name, None)
+        ctx.host_links_changed = True
+
+    def update(self, ctx: "Ctx", before: AccessLink, after: AccessLink) -> None:
+        index = ctx.host_index(after.name)
+        if (before.up, before.marked) != (after.up, after.marked):
+            ctx.queue(ctx.kernel.host, 0, _link_flags_alias(after.name, after.up, after.alias, index=index),
+                      "update", f"host access link {after.name}")
+        for cidr in sorted(set(before.addresses) - set(after.addresses)):
+            ctx.queue(ctx.kernel.host, 0, self._addr(nl.RTM_DELADDR, 0, index, cidr), "delete address",
+                      f"{after.name} {cidr}", ok=(errno.EADDRNOTAVAIL,))
+        for cidr in sorted(set(after.addresses) - set(before.addresses)):
+            ctx.queue(ctx.kernel.host, 1, self._addr(nl.RTM_NEWADDR, nl.NLM_F_CREATE | nl.NLM_F_REPLACE, index, cidr),
+                      "add address", f"{after.name} {cidr}")
+
+
+class AccessRouteHandler(Handler):
+    """SPEC 2.3 host routes to this host's containers through their network's access link
+    (host namespace, main table, protocol 149, scope link)."""
+
+    kind = Kind.ACCESS_ROUTE
+
+    def _req(self, ctx: "Ctx", obj: AccessRoute, msg_type: int, flags: int) -> Optional[bytearray]:
+        index = ctx.host_links.get(obj.ifname)
+        fam = _fam(obj.family)
+        scope = nl.RT_SCOPE_LINK if obj.family == 4 else nl.RT_SCOPE_UNIVERSE
+        body = nl.rtm(fam, obj.dst.prefixlen, nl.RT_TABLE_MAIN, RTPROT, scope)
+        body += nl.attr_ip(nl.RTA_DST, fam, str(obj.dst.network_address))
+        if index is not None:
+            body += nl.attr_u32(nl.RTA_OIF, index)
+        elif msg_type == nl.RTM_NEWROUTE:
+            raise KernelError("find link", obj.ifname, errno.ENODEV)
+        return nl.request(msg_type, flags, body)
+
+    def create(self, ctx: "Ctx", obj: AccessRoute, phase: int = 0) -> None:
+        ctx.queue(ctx.kernel.host, phase, self._req(ctx, obj, nl.RTM_NEWROUTE, nl.NLM_F_CREATE | nl.NLM_F_REPLACE),
+                  "add route", obj.describe())
+
+    def delete(self, ctx: "Ctx", obj: AccessRoute, phase: int = 0) -> None:
+        ctx.queue(ctx.kernel.host, phase, self._req(ctx, obj, nl.RTM_DELROUTE, 0), "delete route", obj.describe(),
+                  ok=(errno.ESRCH, errno.ENODEV))
+
+    def update(self, ctx: "Ctx", before: AccessRoute, after: AccessRoute) -> None:
+        self.create(ctx, after)
 
 
 class SysctlHandler(Handler):
@@ -473,5 +631,7 @@ HANDLERS: Dict[Kind, Handler] = {
         RouteHandler(),
         HostsHandler(),
         ExportHandler(),
+        AccessLinkHandler(),
+        AccessRouteHandler(),
     )
 }

@@ -47,6 +47,7 @@ IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_LINK_NETNSID = 28, 29, 37
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VLAN_ID = 1
 IFLA_IPVLAN_MODE, IFLA_IPVLAN_FLAGS = 1, 2
+IFLA_MACVLAN_MODE = 1  # u32: private=1, vepa=2, bridge=4, passthru=8
 IFLA_INET6_CONF = 2
 DEVCONF_DISABLE_IPV6 = 26
 RTEXT_FILTER_SKIP_STATS = 1 << 3
@@ -116,6 +117,8 @@ class LinkRec:
     ipvlan_mode: Optional[int] = None
     ipvlan_flags: Optional[int] = None
     disable_ipv6: Optional[int] = None
+    macvlan_mode: Optional[int] = None
+    mac: str = ""  # IFLA_ADDRESS as lower-case hex with colons
 
     @property
     def up(self) -> bool:
@@ -152,6 +155,9 @@ def decode_link(data: bytes, pos: int, end: int) -> LinkRec:
     rec.alias = _str(a.get(IFLA_IFALIAS)) or ""
     rec.link = _u32(a.get(IFLA_LINK)) or 0
     rec.link_netnsid = _s32(a.get(IFLA_LINK_NETNSID))
+    mac = a.get(IFLA_ADDRESS)
+    if mac:
+        rec.mac = mac.hex(":")
     li = a.get(IFLA_LINKINFO)
     if li is not None:
         info = parse_attrs(li, 0, len(li))
@@ -167,6 +173,8 @@ def decode_link(data: bytes, pos: int, end: int) -> LinkRec:
                 rec.ipvlan_flags = (
                     struct.unpack_from("=H", da[IFLA_IPVLAN_FLAGS])[0] if IFLA_IPVLAN_FLAGS in da else 0
                 )
+            elif rec.kind == "macvlan":
+                rec.macvlan_mode = _u32(da.get(IFLA_MACVLAN_MODE))
     af = a.get(IFLA_AF_SPEC)
     if af is not None:
         fams = parse_attrs(af, 0, len(af))
@@ -480,6 +488,10 @@ def attr_u16(typ: int, value: int) -> bytes:
 
 def attr_str(typ: int, value: str) -> bytes:
     return _attr(typ, value.encode() + b"\0")
+
+
+def attr_mac(typ: int, mac: str) -> bytes:
+    return _attr(typ, bytes.fromhex(mac.replace(":", "")))
 
 
 def attr_ip(typ: int, family: int, address: str) -> bytes:

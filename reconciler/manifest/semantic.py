@@ -24,10 +24,12 @@ from ..model import (
     Attachment,
     Container,
     DesiredState,
+    Driver,
     Flag,
     IPAddress,
     IPNetwork,
     Location,
+    MacvlanMode,
     Mode,
     Network,
     ParentKind,
@@ -110,6 +112,8 @@ class _Checker:
         self.hostnames: Dict[str, Any] = {}
         # (network, other network) -> (its subnet, the other's) when their subnets overlap
         self.net_overlaps: Dict[Tuple[str, str], Tuple[IPNetwork, IPNetwork]] = {}
+        # a fleet manifest's host names (SPEC 2.3 host_access keys), None for a single host
+        self.fleet_hosts: Optional[Set[str]] = None
         # family -> network (or (network, host) in a fleet) -> how many attachments need an
         # automatic address
         self.demand: Dict[int, Dict[Any, int]] = {4: {}, 6: {}}
@@ -188,8 +192,19 @@ class _Checker:
         """Build one network; returns its info and the VLAN its parent implies (if any)."""
         doc, name = e.doc, e.name
         nerr = len(self.diags)
+        driver = Driver(e.get("driver", "ipvlan"))
         mode = Mode(e.get("ipvlan_mode", "l2"))
         flag = Flag(e.get("ipvlan_flag", "bridge"))
+        mvmode = MacvlanMode(e.get("macvlan_mode", "bridge"))
+        if driver is Driver.MACVLAN:
+            for key in ("ipvlan_mode", "ipvlan_flag"):
+                if e.get(key) is not None:
+                    self.err(doc, e.vpos(key), f"network {name}: {key} is an ipvlan setting; this network has "
+                             "driver: macvlan (use macvlan_mode: bridge | private | vepa | passthru)")
+            mode, flag = Mode.L2, Flag.BRIDGE
+        elif e.get("macvlan_mode") is not None:
+            self.err(doc, e.vpos("macvlan_mode"), f"network {name}: macvlan_mode needs driver: macvlan "
+                     "(this network is ipvlan: use ipvlan_mode and ipvlan_flag)")
         internal_given = bool(e.get("internal", False))
         ipv6 = bool(e.get("ipv6", False))
         parent_given = e.get("parent")
@@ -259,8 +274,81 @@ class _Checker:
             ipv6=ipv6,
             subnets=tuple(subnets),
             loc=e.loc,
+            driver=driver,
+            macvlan_mode=mvmode,
         )
+        if e.get("host_access") is not None:
+            info.net = self.host_access(e, info)
         return info, implied
+
+    def host_access(self, e: Entry, info: _NetInfo) -> Network:
+        """SPEC 2.3 ``host_access``: where it cannot work, refused; each address inside the
+        network's subnets, not a gateway or an aux address; then reserved (like an aux
+        address) so no container takes it, automatically or explicitly."""
+        from dataclasses import replace
+
+        doc, name, net = e.doc, e.name, info.net
+        raw = e.get("host_access")
+        hpos = e.vpos("host_access")
+        ctx = f"network {name}: host_access"
+        why = None
+        if net.internal:
+            why = "an internal network has no parent to share with the host"
+        elif net.macvlan and net.macvlan_mode is not MacvlanMode.BRIDGE:
+            why = (f"macvlan {net.macvlan_mode.value} mode: " + (
+                "passthru gives the parent to its one container" if net.macvlan_mode is MacvlanMode.PASSTHRU
+                else "the host's link could not reach the containers (only bridge mode lets macvlan links talk)"))
+        elif not net.macvlan and net.flag is not Flag.BRIDGE:
+            why = f"ipvlan flag {net.flag.value}: the host's link could not reach the containers (only flag bridge lets them talk)"
+        if why is not None:
+            self.err(doc, hpos, f"{ctx} cannot work here: {why}")
+            return net
+        vpos = raw.vpos if isinstance(raw, YMap) else {}
+        kpos = raw.kpos if isinstance(raw, YMap) else {}
+        fleet = self.fleet_hosts is not None
+        single: List[IPAddress] = []
+        by_host: List[Tuple[str, IPAddress]] = []
+        for key, text in raw.items():
+            pos = vpos.get(key, hpos)
+            if fleet:
+                if key not in self.fleet_hosts:
+                    known = ", ".join(sorted(self.fleet_hosts)) or "none"
+                    self.err(doc, kpos.get(key, hpos), f"{ctx}: {key!r} is not a host under hosts: "
+                             f"(a fleet manifest gives one address per host: {known})")
+                    continue
+            elif key not in ("ip", "ip6"):
+                self.err(doc, kpos.get(key, hpos), f"{ctx}: unknown key {key!r}; a single-host manifest "
+                         "gives {ip: ADDRESS} and/or {ip6: ADDRESS} (host names as keys need hosts:)")
+                continue
+            what = f"{ctx} {key}"
+            a = self.parse_address(doc, pos, text, what)
+            if a is None:
+                continue
+            if not fleet and (a.version == 6) != (key == "ip6"):
+                other = "ip6" if a.version == 6 else "ip"
+                self.err(doc, pos, f"{what}: {a} is IPv{a.version}; use {other} for IPv{a.version} addresses")
+                continue
+            subs = info.explicit[a.version]
+            inside = next((c for c in subs if a in c), None)
+            if inside is None:
+                if info.partial:
+                    continue
+                where = ", ".join(str(c) for c in subs) or "none declared"
+                self.err(doc, pos, f"{what}: {a} is outside the IPv{a.version} subnets of network {name} ({where}); "
+                         "host access needs an address of the network")
+                continue
+            if not self.in_subnet(doc, pos, a, inside, what):
+                continue
+            taken = info.reserved.get(a)
+            if taken is not None:
+                self.err(doc, pos, f"{what}: {a} is already {taken}")
+                continue
+            info.reserved[a] = f"the host access address of network {name} ({doc.loc(pos)})"
+            if fleet:
+                by_host.append((key, a))
+            else:
+                single.append(a)
+        return replace(net, host_access=tuple(single), host_access_by_host=tuple(by_host), host_access_loc=doc.loc(hpos))
 
     def subnet(
         self,
@@ -697,6 +785,27 @@ class _Checker:
                         self.net_overlaps.setdefault((other, name), (ocidr, cidr))
                 stack.append((-neg_end, name, cidr))
 
+    def passthru(self, infos: Dict[str, _NetInfo], containers: Dict[str, Container]) -> None:
+        """A macvlan passthru network takes its parent whole: one container per host."""
+        first: Dict[Tuple[str, Optional[str]], Attachment] = {}
+        for c in containers.values():
+            for att in c.attachments:
+                info = infos.get(att.network)
+                if info is None or not info.net.macvlan or info.net.macvlan_mode is not MacvlanMode.PASSTHRU:
+                    continue
+                prev = first.setdefault((att.network, c.host), att)
+                if prev is att:
+                    continue
+                owner = next(o.name for o in containers.values() if prev in o.attachments)
+                on = f" on host {c.host}" if c.host else ""
+                self.diags.append(Diagnostic(
+                    att.loc,
+                    f"container {c.name} network {att.network}: a macvlan passthru network has at most one "
+                    f"container{on}, and container {owner} ({prev.loc}) already has it (passthru gives the "
+                    "container the parent itself)",
+                    self.source_line(att.loc),
+                ))
+
     def exhaustion(self, state: DesiredState) -> None:
         """Automatic addresses a network cannot hand out, counted as IPAM hands them out (the
         usable part of each ip_range, else subnet, minus gateways, aux addresses and explicit
@@ -740,8 +849,10 @@ class _Checker:
             return
         total = sum(max(0, hi - lo + 1) for lo, hi in spans)
         underlay = [a for x in state.hosts.values() for a in (x.address, x.address6) if a is not None]
+        access = [a for a in set(info.net.host_access) | {a for _, a in info.net.host_access_by_host} if a.version == fam]
         reserved_at_most = (
             len(info.gateways) + sum(len(s.aux_addresses) for s in subs) + len(info.used) + len(underlay)
+            + len(access)
         )
         if wants + reserved_at_most <= total:
             return
@@ -752,6 +863,7 @@ class _Checker:
                     taken.add(int(a))
         taken.update(int(a) for a in info.used if a.version == fam)
         taken.update(int(a) for a in underlay if a.version == fam)
+        taken.update(int(a) for a in access)
         reserved = sum(1 for v in taken if any(lo <= v <= hi for lo, hi in spans))
         free = total - reserved
         if wants <= free:
@@ -834,6 +946,16 @@ class _Checker:
                 continue
             wpos = e.vpos("parent") if "parent" in (e.value or {}) else e.kpos
             first = parents.get(net.parent)
+            if first is not None and infos[first[0]].net.driver is not net.driver:
+                other = infos[first[0]].net
+                self.err(
+                    e.doc,
+                    wpos,
+                    f"network {name} ({net.driver.value}): parent {net.parent} is already the parent of "
+                    f"network {first[0]} ({other.driver.value}, {first[1]}); a parent carries one driver "
+                    "and one mode (the kernel refuses ipvlan and macvlan links on one parent)",
+                )
+                continue
             if first is not None:
                 what = f"parent {net.parent}" if net.parent_kind is not ParentKind.DUMMY else f"dummy parent {net.parent}"
                 self.err(
@@ -1024,9 +1146,14 @@ def check(
 ) -> Tuple[DesiredState, List[Diagnostic]]:
     """Apply every semantic rule; returns the desired state and the problems found."""
     c = _Checker(collect(docs, schema_bad), incomplete)
+    for doc in docs:
+        root = doc.root if doc.ok else None
+        if isinstance(root, dict) and isinstance(root.get("hosts"), dict):
+            c.fleet_hosts = (c.fleet_hosts or set()) | {str(h) for h in root["hosts"]}
     state = c.run()
     from . import fleet  # SPEC 5.1: hosts:, bgp:, host:, block sizes
 
     state = fleet.check(c, docs, schema_bad, state)
+    c.passthru(getattr(c, "pools", ({}, {}))[0], state.containers)  # per host: after the fleet rules set host:
     c.exhaustion(state)
     return state, c.diags
