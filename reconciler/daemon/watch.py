@@ -302,7 +302,7 @@ class Daemon:
     def handle(self, batch: Batch) -> None:
         hup = batch.has("hup")
         start = batch.has("start")
-        files = batch.has("file")
+        files = batch.has("file", "etcd")  # etcd: watch --etcd (clusterwatch.py)
         resync = "resync" in batch.timers
         settle = "settle" in batch.timers
         retry = "retry" in batch.timers
@@ -661,6 +661,14 @@ def run_watch(args: argparse.Namespace) -> int:
         raise UserError("watch changes network namespaces and needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)")
     if getattr(args, "debounce", 0.5) < 0:
         raise UserError("--debounce must not be negative")
+    if getattr(args, "etcd", None):
+        if args.paths:
+            raise UserError("watch --etcd takes its manifests from etcd: give no PATH")
+        from .clusterwatch import build
+
+        return build(args).run()
+    if not args.paths:
+        raise UserError("watch needs manifest directories (PATH...), or --etcd URL for cluster mode")
     daemon = Daemon(
         paths=args.paths,
         state_dir=args.state_dir,
