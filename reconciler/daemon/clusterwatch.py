@@ -215,6 +215,7 @@ class ClusterDaemon(Daemon):
         resume, delay, connected = 0, 0.5, None
         while not self._stop.is_set():
             resume = max(resume, self.source.etcd_revision)
+            compacted = False
             try:
                 for msg in watch_key(self.source.store, self.source.keys.current,
                                      resume + 1 if resume else 0, self._stop):
@@ -223,6 +224,7 @@ class ClusterDaemon(Daemon):
                                      compact_revision=msg.compacted)
                         resume = self.source.etcd_revision = 0
                         self.triggers.put("etcd", "watch compacted: full resync")
+                        compacted = True
                         break
                     if msg.created:
                         delay = 0.5
@@ -238,6 +240,8 @@ class ClusterDaemon(Daemon):
                 pass
             if self._stop.is_set():
                 return
+            if compacted:
+                continue  # watch again from now: the full read covers what came before
             if connected is not False:
                 self.triggers.put("etcd", "etcd watch lost")
             connected = False

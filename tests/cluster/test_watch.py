@@ -366,3 +366,32 @@ def test_a_forgotten_host_changes_and_announces_nothing(tmp_path, etcd, store, k
     assert "fenced" in dm.status_line()
     assert read_status(str(tmp_path / "status.json"))["cluster"]["fenced"]
 
+
+
+def test_a_watch_compacted_away_resyncs_fully(tmp_path, etcd, store, keys, host):
+    import urllib.request
+
+    d = write(tmp_path, FLEET)
+    push(store, keys, [d])
+    dm = daemon(tmp_path, etcd.url, keys)
+    step(dm, "start")
+    push(store, keys, [write(tmp_path, FLEET.replace("web2: {host: h2", "web9: {host: h1"))])
+    head = store.range(keys.current)[1]
+    req = urllib.request.Request(etcd.url + "/v3/kv/compaction", data=json.dumps({"revision": str(head)}).encode())
+    urllib.request.urlopen(req, timeout=5).read()
+    dm.source.etcd_revision = 1  # as if the daemon had been away since long before the compaction
+    dm.start_threads()
+    try:
+        seen = []
+
+        def compacted():
+            b = dm.triggers.poll()
+            if b is not None:
+                seen.extend(b.details)
+                dm.handle(b)
+            return any("compacted" in x for x in seen)
+
+        wait_for(compacted, "the watch to report its compaction")
+    finally:
+        dm.stop_threads()
+    assert host.containers() == ["web1", "web9"] and dm.revision == 2
