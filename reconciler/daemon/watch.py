@@ -657,18 +657,21 @@ class Daemon:
 
 def run_watch(args: argparse.Namespace) -> int:
     logs.setup(getattr(args, "log_format", "text"), getattr(args, "log_level", "info"))
+    if getattr(args, "etcd", None) and args.paths:
+        raise UserError("watch --etcd takes its manifests from etcd: give no PATH")
+    if getattr(args, "etcd", None) and getattr(args, "bird_config", None):
+        raise UserError("watch --etcd does not keep a BIRD configuration yet: --bird-config works with "
+                        "manifest paths only")
+    if not getattr(args, "etcd", None) and not args.paths:
+        raise UserError("watch needs manifest directories (PATH...), or --etcd URL for cluster mode")
     if os.geteuid() != 0:
         raise UserError("watch changes network namespaces and needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)")
     if getattr(args, "debounce", 0.5) < 0:
         raise UserError("--debounce must not be negative")
     if getattr(args, "etcd", None):
-        if args.paths:
-            raise UserError("watch --etcd takes its manifests from etcd: give no PATH")
         from .clusterwatch import build
 
         return build(args).run()
-    if not args.paths:
-        raise UserError("watch needs manifest directories (PATH...), or --etcd URL for cluster mode")
     daemon = Daemon(
         paths=args.paths,
         state_dir=args.state_dir,

@@ -406,3 +406,12 @@ def test_a_watch_compacted_away_resyncs_fully(tmp_path, etcd, store, keys, host)
     finally:
         dm.stop_threads()
     assert host.containers() == ["web1", "web9"] and dm.revision == 2
+
+
+def test_watch_takes_paths_or_etcd_never_both_nor_neither(capsys):
+    assert main(["watch"]) == 1
+    assert "or --etcd URL for cluster mode" in capsys.readouterr().err
+    assert main(["watch", "--etcd", "http://127.0.0.1:1", "some/dir"]) == 1
+    assert "give no PATH" in capsys.readouterr().err
+    assert main(["watch", "--etcd", "http://127.0.0.1:1", "--bird-config", "/tmp/x.conf"]) == 1
+    assert "--bird-config works with manifest paths only" in capsys.readouterr().err
