@@ -141,6 +141,7 @@ class ClusterSource:
         if rev is None:
             raise UserError(f"no revision under {self.keys.prefix} in etcd yet: run `ipvlanctl cluster push DIR` "
                             "(nothing is applied until one is there)")
+        self.agent._rev = rev  # the agent allocates on the grid of the revision the daemon uses
         kvs, etcd_rev = self.store.range(self.keys.addrs())
         records = []
         for kv in kvs:

@@ -415,3 +415,16 @@ def test_watch_takes_paths_or_etcd_never_both_nor_neither(capsys):
     assert "give no PATH" in capsys.readouterr().err
     assert main(["watch", "--etcd", "http://127.0.0.1:1", "--bird-config", "/tmp/x.conf"]) == 1
     assert "--bird-config works with manifest paths only" in capsys.readouterr().err
+
+
+def test_a_network_new_in_a_later_revision_gets_its_block_claimed_online(tmp_path, etcd, store, keys, host):
+    d = write(tmp_path, FLEET)
+    push(store, keys, [d])
+    dm = daemon(tmp_path, etcd.url, keys)
+    step(dm, "start")
+    write(tmp_path, FLEET.replace("containers:\n", NET2 + "containers:\n") + "  web4: {host: h1, networks: {lan2: {}}}\n")
+    push(store, keys, [d])
+    step(dm)
+    assert dm.status.last_result == "converged", list(dm.status.last_errors)
+    assert host.containers() == ["web1", "web4"]
+    assert any(ia.ip_address(a) in ia.ip_network("10.70.0.0/20") for a in host.addresses())
