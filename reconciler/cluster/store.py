@@ -264,7 +264,10 @@ def watch_key(store: "Store", key: str, start_revision: int, stop=None):
     errors = []
     for c in store._clients:
         try:
-            resp = c.session.post(c.get_url("/watch"), json=body, stream=True, timeout=(DEFAULT_TIMEOUT, None))
+            import requests  # etcd3gw's own dependency; its own connection, not the shared session's
+
+            resp = requests.post(c.get_url("/watch"), json=body, stream=True, timeout=(DEFAULT_TIMEOUT, None),
+                                 verify=getattr(c.session, "verify", True), cert=getattr(c.session, "cert", None))
             resp.raise_for_status()
         except Exception as e:  # requests' own errors: connection refused, reset, HTTP error
             errors.append(f"{c.base_url}: {_short(e)}")
