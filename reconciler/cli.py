@@ -17,10 +17,10 @@ DEFAULT_STATE_DIR = "/var/lib/ipvlan-reconciler"
 DEFAULT_MANIFEST_DIR = "/etc/ipvlan-reconciler/manifests.d"
 
 
-def _paths_arg(p: argparse.ArgumentParser) -> None:
+def _paths_arg(p: argparse.ArgumentParser, optional: bool = False) -> None:
     p.add_argument(
         "paths",
-        nargs="+",
+        nargs="*" if optional else "+",
         metavar="PATH",
         help="manifest directories (every *.yaml/*.yml inside) or single manifest files; "
         "all of them together are the desired state",
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "broken manifest changes nothing; stopping leaves the network in place. SIGHUP "
         f"reloads. Documentation: {doc_path('daemon.md')}",
     )
-    _paths_arg(p)
+    _paths_arg(p, optional=True)  # none with --etcd
     _state_dir_arg(p)
     from .daemon.options import add_watch_arguments
 

@@ -95,6 +95,11 @@ Examples:
   # re-read the manifests now (SIGHUP); its last result
   sudo systemctl reload ipvlan-reconciler
   sudo ipvlanctl status
+
+  # cluster mode (docs/cluster.md): follow the revisions `cluster push` stores in etcd
+  sudo ipvlanctl watch --etcd http://10.0.0.1:2379,http://10.0.0.2:2379 --host node1 \
+      --state-dir /var/lib/ipvlan-reconciler
+  ipvlanctl cluster status --etcd http://10.0.0.1:2379
 """,
     "status": """\
 Examples:

@@ -245,6 +245,38 @@ class Agent:
             self._load_network(network)
         return None
 
+    def owned_candidate(self, rev: Revision, network: str, family: int, blocks: List[IPNetwork],
+                        used: Set[IPAddress]) -> Optional[IPAddress]:
+        """Offline (etcd unreachable): the lowest free address of the blocks this host already
+        holds (as last read), never a claim; None when they are full. Marks it used."""
+        with self._lock:
+            self._rev = rev
+            self._mine[network] = sorted(blocks, key=lambda b: (b.version, int(b.network_address)))
+            self._used[network] = used
+            try:
+                return self._candidate(network, family)
+            finally:
+                self._mine.pop(network, None)  # the next online call reloads from etcd
+                self._used.pop(network, None)
+
+    def record(self, network: str, address: IPAddress, container: str, claim: str) -> Optional[Dict[str, Any]]:
+        """Write an address handed out offline (after the heal): create-if-absent, comparing
+        the binding. None when written (or already ours); else the record that holds it."""
+        key = self.keys.addr(network, address)
+        value = {"host": self.host, "container": container, "claim": claim}
+        ok, _ = self.store.txn([unchanged(self.keys.machine(self.host), self.binding_mod), absent(key)],
+                               [put(key, dumps(value))])
+        if ok:
+            with self._lock:
+                self._mine.pop(network, None)
+                self._used.pop(network, None)
+            return None
+        kv = self.store.get(key)
+        if kv is not None and kv.json() == value:
+            return None
+        self._recheck()  # fenced or taken: raises
+        return kv.json() if kv is not None else {"host": "?", "container": "?"}
+
     def release(self, network: str, address: IPAddress) -> bool:
         """Delete an address key this host holds; False when it was not there."""
         key = self.keys.addr(network, address)

@@ -21,8 +21,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
 
     p = sub.add_parser("cluster", help="cluster mode: the fleet's manifests and blocks in etcd",
                        description="Cluster mode (SPEC 6): etcd as the fleet's source of truth. "
-                       "Needs the cluster extra (etcd3gw). Not implemented yet: `watch --etcd` (the "
-                       f"per-host daemon) and `cluster rejoin`. Documentation: {doc_path('cluster.md')}")
+                       "Needs the cluster extra (etcd3gw). Each host runs `ipvlanctl watch --etcd URL --host "
+                       "NAME`. Not implemented yet: `cluster rejoin`. "
+                       f"Documentation: {doc_path('cluster.md')}")
     csub = p.add_subparsers(dest="cluster_command", metavar="CLUSTER_COMMAND")
     csub.required = True
 

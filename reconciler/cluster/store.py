@@ -233,3 +233,83 @@ def _short(e: Exception) -> str:
         if needle in text:
             return needle.lower()
     return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+# ---- watching one key (the daemon follows the `current` pointer) ------------------------------
+
+
+@dataclass(frozen=True)
+class WatchMessage:
+    """One message of a watch stream: ``events`` (mod revisions of the changes), the store
+    revision it was sent at, or ``compacted`` (the start revision was compacted away: the
+    watch was cancelled, read everything afresh)."""
+
+    revision: int
+    events: Tuple[int, ...] = ()
+    created: bool = False
+    compacted: int = 0
+
+
+def watch_key(store: "Store", key: str, start_revision: int, stop=None):
+    """Follow ``key`` from ``start_revision`` (etcd's v3 watch over the JSON gateway; etcd3gw's
+    own watcher hides compaction and disconnects, which the daemon must see). Yields
+    :class:`WatchMessage`; returns when the connection ends (etcd stopped, network cut) or
+    ``stop`` (a threading.Event) is set; raises EtcdUnavailable when no member answers.
+    ``store.last_watch`` is the open response (closing it ends the generator)."""
+    ex = store._ex
+    create: Dict[str, Any] = {"key": _b64(key), "progress_notify": True}
+    if start_revision > 0:  # else: from now on
+        create["start_revision"] = str(start_revision)
+    body = {"create_request": create}
+    errors = []
+    for c in store._clients:
+        try:
+            import requests  # etcd3gw's own dependency; its own connection, not the shared session's
+
+            resp = requests.post(c.get_url("/watch"), json=body, stream=True, timeout=(DEFAULT_TIMEOUT, None),
+                                 verify=getattr(c.session, "verify", True), cert=getattr(c.session, "cert", None))
+            resp.raise_for_status()
+        except Exception as e:  # requests' own errors: connection refused, reset, HTTP error
+            errors.append(f"{c.base_url}: {_short(e)}")
+            continue
+        store.last_watch = resp
+        try:
+            for line in resp.iter_lines(chunk_size=None):
+                if stop is not None and stop.is_set():
+                    return
+                if not line or not line.strip():
+                    continue
+                try:
+                    result = json.loads(line.decode()).get("result") or {}
+                except ValueError:
+                    return
+                rev = int(result.get("header", {}).get("revision", 0))
+                if int(result.get("compact_revision", 0) or 0):
+                    yield WatchMessage(rev, compacted=int(result["compact_revision"]))
+                    return
+                if result.get("canceled"):
+                    return
+                events = tuple(int(e.get("kv", {}).get("mod_revision", 0)) for e in result.get("events") or ())
+                yield WatchMessage(rev, events, created=bool(result.get("created")))
+        except Exception:  # the stream broke (etcd killed, connection reset): the caller resumes
+            return
+        finally:
+            resp.close()
+        return
+    raise EtcdUnavailable(f"cannot watch etcd at {store.url}: " + "; ".join(errors))
+
+
+def interrupt_watch(resp) -> None:
+    """End a watch stream read by another thread: shut its socket down (closing the response
+    from here would block on the reader); the reader sees the end and closes it."""
+    import socket
+
+    try:
+        fd = resp.raw._fp.fileno()
+        s = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        finally:
+            s.close()  # the duplicate only
+    except Exception:
+        pass

@@ -1,4 +1,4 @@
-"""The interface the per-host daemon (`ipvlanctl watch --etcd`, not implemented yet) will use:
+"""The interface the per-host daemon (`ipvlanctl watch --etcd`) uses:
 the newest valid revision + the fleet's address records -> this host's DesiredState (SPEC 6).
 
 Pure: no etcd here. :func:`host_view` re-reads the revision's manifest texts under the rules

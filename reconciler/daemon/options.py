@@ -26,3 +26,8 @@ def add_watch_arguments(p: argparse.ArgumentParser) -> None:
                    help="wait this long for another apply holding the lock, then retry later (default 30)")
     p.add_argument("--max-backoff", type=float, default=60.0, metavar="SECONDS",
                    help="longest wait between retries after temporary errors (default 60)")
+    p.add_argument("--etcd", metavar="URL",
+                   help="cluster mode (SPEC 6): follow the newest revision in etcd instead of manifest "
+                   "paths (http://HOST:PORT, several separated by commas; needs the cluster extra)")
+    p.add_argument("--prefix", default="/ipvlan-reconciler/",
+                   help="with --etcd: the key prefix of the fleet (default /ipvlan-reconciler/)")

@@ -301,7 +301,7 @@ class Daemon:
     def handle(self, batch: Batch) -> None:
         hup = batch.has("hup")
         start = batch.has("start")
-        files = batch.has("file")
+        files = batch.has("file", "etcd")  # etcd: watch --etcd (clusterwatch.py)
         resync = "resync" in batch.timers
         settle = "settle" in batch.timers
         retry = "retry" in batch.timers
@@ -654,10 +654,21 @@ class Daemon:
 
 def run_watch(args: argparse.Namespace) -> int:
     logs.setup(getattr(args, "log_format", "text"), getattr(args, "log_level", "info"))
+    if getattr(args, "etcd", None) and args.paths:
+        raise UserError("watch --etcd takes its manifests from etcd: give no PATH")
+    if getattr(args, "etcd", None) and getattr(args, "bird_config", None):
+        raise UserError("watch --etcd does not keep a BIRD configuration yet: --bird-config works with "
+                        "manifest paths only")
+    if not getattr(args, "etcd", None) and not args.paths:
+        raise UserError("watch needs manifest directories (PATH...), or --etcd URL for cluster mode")
     if os.geteuid() != 0:
         raise UserError("watch changes network namespaces and needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)")
     if getattr(args, "debounce", 0.5) < 0:
         raise UserError("--debounce must not be negative")
+    if getattr(args, "etcd", None):
+        from .clusterwatch import build
+
+        return build(args).run()
     daemon = Daemon(
         paths=args.paths,
         state_dir=args.state_dir,
