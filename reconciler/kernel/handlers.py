@@ -172,7 +172,7 @@ def _access_link(l: LinkRec, lower: Optional[str], addrs) -> AccessLink:
         flag=Flag.from_kernel(l.ipvlan_flags or 0) if l.kind == "ipvlan" else Flag.BRIDGE,
         macvlan_mode=mmode,
         mac=mac,
-        addresses=tuple(sorted(str(a) for a in addrs if not (a.version == 6 and a.ip in _LINK_LOCAL6))),
+        addresses=tuple(sorted(str(a) for a in addrs if not (a.version == 6 and a.ip.is_link_local))),
         up=l.up,
         marked=l.alias.startswith(ACCESS_MARKER),
     )
