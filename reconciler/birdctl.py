@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -23,8 +22,7 @@ BIRDC_TIMEOUT = 10.0
 
 
 def write_if_changed(path: str, text: str) -> bool:
-    """Atomically replace ``path`` with ``text`` (temp file in the same directory, fsync,
-    rename). False, and nothing written, when the file already holds exactly that."""
+    """Atomically replace ``path`` with ``text`` (``atomicfile.write_atomic``, durable). False, and nothing written, when the file already holds exactly that."""
     try:
         with open(path, encoding="utf-8") as f:
             if f.read() == text:
@@ -33,22 +31,10 @@ def write_if_changed(path: str, text: str) -> bool:
         pass
     except (OSError, UnicodeDecodeError):
         pass  # unreadable or not text: replace it
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bird-config.", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .atomicfile import write_atomic
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, text, durable=True, mode=0o644)  # BIRD reads it after a reboot too
     return True
 
 

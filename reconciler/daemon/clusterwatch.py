@@ -277,27 +277,8 @@ class ClusterDaemon(Daemon):
             t.join(timeout=5)
         self._threads = []
 
-    # lifecycle: the file daemon's, without the manifest watcher -------------------------------
-    def start_watchers(self) -> None:
-        from ..engine import ObservationCache
-        from ..kernel.host import Kernel
-        from .metrics import MetricsServer, parse_addr
-        from .nlmonitor import NetlinkMonitor
-
-        if self.metrics_addr:
-            host, port = parse_addr(self.metrics_addr)
-            self.metrics_server = MetricsServer(self.metrics, host, port)
-            self.metrics_server.start()
-            logs.info("metrics listening", address=f"{self.metrics_server.address[0]}:{self.metrics_server.address[1]}")
-        self.monitor_kernel = Kernel()
-        self.monitor = NetlinkMonitor(
-            self.monitor_kernel, lambda src, detail: self.triggers.put(src, detail), netns_poll=self.netns_poll
-        )
-        self.monitor.start()
-        monitor = self.monitor
-        self.observation = ObservationCache(
-            lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held
-        )
+    # lifecycle: the file daemon's, with the etcd watch instead of the manifest watcher --------
+    def start_source(self) -> None:
         self.start_threads()
 
     def stop_watchers(self) -> None:

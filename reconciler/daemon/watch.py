@@ -41,7 +41,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from ..errors import ManifestError, ReconcilerError, UserError
+from ..errors import ReconcilerError, UserError
 from ..render import plural
 from . import logs
 from .classify import BUG, PERMANENT, TEMPORARY, classify
@@ -561,25 +561,36 @@ class Daemon:
 
     # lifecycle -------------------------------------------------------------------------------
     def start_watchers(self) -> None:
-        from .fswatch import ManifestWatcher
-        from .nlmonitor import NetlinkMonitor
+        self.start_metrics()
+        self.start_source()
+        self.start_monitor()
 
+    def start_metrics(self) -> None:
         if self.metrics_addr:
             host, port = parse_addr(self.metrics_addr)
             self.metrics_server = MetricsServer(self.metrics, host, port)
             self.metrics_server.start()
             logs.info("metrics listening", address=f"{self.metrics_server.address[0]}:{self.metrics_server.address[1]}")
+
+    def start_source(self) -> None:
+        """What tells the daemon the desired state changed: here the manifest files' watcher
+        (cluster mode replaces it with its etcd watch)."""
+        from .fswatch import ManifestWatcher
+
         self.watcher = ManifestWatcher(self.paths, lambda detail: self.triggers.put("file", detail))
         self.watcher.start()
+
+    def start_monitor(self) -> None:
+        """The netlink monitor, and the observation cache it vouches for."""
+        from ..engine import ObservationCache
         from ..kernel.host import Kernel
+        from .nlmonitor import NetlinkMonitor
 
         self.monitor_kernel = Kernel()
         self.monitor = NetlinkMonitor(
             self.monitor_kernel, lambda src, detail: self.triggers.put(src, detail), netns_poll=self.netns_poll
         )
         self.monitor.start()
-        from ..engine import ObservationCache
-
         monitor = self.monitor
         self.observation = ObservationCache(
             lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held
