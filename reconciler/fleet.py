@@ -12,7 +12,6 @@ host with ``id: k`` hands out addresses only from block k of each range:
 from __future__ import annotations
 
 import ipaddress
-import socket
 from dataclasses import replace
 from typing import Dict, List, Optional, Set
 
@@ -88,6 +87,8 @@ def default_block_size6(net: Network) -> Optional[int]:
 
 def default_host() -> str:
     """This machine's name, as ``--host`` defaults to it."""
+    import socket  # only here: plan --offline of a one-host manifest never asks
+
     return socket.gethostname()
 
 
