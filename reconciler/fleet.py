@@ -11,6 +11,7 @@ host with ``id: k`` hands out addresses only from block k of each range:
 """
 from __future__ import annotations
 
+import _socket as socket  # gethostname from the C core: socket.py's enums and selectors cost start-up
 import ipaddress
 from dataclasses import replace
 from typing import Dict, List, Optional, Set
@@ -87,8 +88,6 @@ def default_block_size6(net: Network) -> Optional[int]:
 
 def default_host() -> str:
     """This machine's name, as ``--host`` defaults to it."""
-    import socket  # only here: plan --offline of a one-host manifest never asks
-
     return socket.gethostname()
 
 
