@@ -11,8 +11,8 @@ host with ``id: k`` hands out addresses only from block k of each range:
 """
 from __future__ import annotations
 
+import _socket as socket  # gethostname from the C core: socket.py's enums and selectors cost start-up
 import ipaddress
-import socket
 from dataclasses import replace
 from typing import Dict, List, Optional, Set
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import difflib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -414,6 +413,8 @@ def _att_pos(e, network: str, key: str) -> Pos:
 
 
 def _hint(word: str, names) -> str:
+    import difflib  # only for a misspelt name: not on a valid manifest's path
+
     m = difflib.get_close_matches(word, list(names), n=1, cutoff=0.6)
     return f" (did you mean {m[0]}?)" if m else ""
 

@@ -10,7 +10,6 @@ containers; the numbers are in docs/ARCHITECTURE.md). Tests check that both agre
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import json
 import os
@@ -102,14 +101,28 @@ def _def_schema(name: str) -> Dict[str, Any]:
     return {"$schema": s["$schema"], "$defs": s["$defs"], "$ref": f"#/$defs/{name}"}
 
 
+def _lazy_compiled(def_name: str) -> Check:
+    """``_compiled(_def_schema(def_name))``, compiled on the first call."""
+    compiled: List[Check] = []
+
+    def check(instance: Any) -> bool:
+        if not compiled:
+            compiled.append(_compiled(_def_schema(def_name)))
+        return compiled[0](instance)
+
+    return check
+
+
 @functools.lru_cache(maxsize=None)
 def _fast() -> Tuple[Check, Dict[str, Check], Check]:
     """(whole manifest, each section's entries, the manifest without its entries).
 
     The whole-manifest check is the other two together (the full schema is the shallow one
     with each section's entries following their $defs entry): compiling it separately would
-    generate all of it twice (fastjsonschema compiles at run time, in each process)."""
-    entry = {d: _compiled(_def_schema(d)) for d in SECTIONS.values()}
+    generate all of it twice (fastjsonschema compiles at run time, in each process). Each
+    section's check is compiled when first called: a manifest without ``hosts:`` or
+    ``vlans:`` does not pay for theirs (compiling all five is most of a small plan's CPU)."""
+    entry = {d: _lazy_compiled(d) for d in SECTIONS.values()}
     shallow = _compiled(_shallow_schema())
     sections = tuple((sec, entry[d]) for sec, d in SECTIONS.items())
 
@@ -237,6 +250,8 @@ def _allowed_keys(schema_node: Dict[str, Any]) -> List[str]:
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
+    import difflib  # only for a misspelt word: not on a valid manifest's path
+
     m = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {m[0]!r}?)" if m else ""
 

@@ -12,10 +12,9 @@ whose definition has a typo is not also told the network is unknown.
 """
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
-import socket
+import _socket as socket  # its C core: inet_pton/aton/ntoa without socket.py's enums and selectors
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -548,6 +547,8 @@ class _Checker:
             info = infos.get(nname)
             if info is None and nname not in nets:
                 if not self.incomplete:
+                    import difflib  # only for an unknown name: not on a valid manifest's path
+
                     close = difflib.get_close_matches(nname, list(nets), n=1, cutoff=0.6)
                     hint = f" (did you mean {close[0]}?)" if close else ""
                     self.err(doc, kpos, f"container {name}: unknown network {nname!r}{hint}")
