@@ -256,7 +256,6 @@ def watch_key(store: "Store", key: str, start_revision: int, stop=None):
     :class:`WatchMessage`; returns when the connection ends (etcd stopped, network cut) or
     ``stop`` (a threading.Event) is set; raises EtcdUnavailable when no member answers.
     ``store.last_watch`` is the open response (closing it ends the generator)."""
-    ex = store._ex
     create: Dict[str, Any] = {"key": _b64(key), "progress_notify": True}
     if start_revision > 0:  # else: from now on
         create["start_revision"] = str(start_revision)

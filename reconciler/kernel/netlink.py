@@ -411,15 +411,6 @@ def _attr(typ: int, payload: bytes) -> bytes:
     return _RTA.pack(length, typ) + payload + b"\0" * (_align(length) - length)
 
 
-def encode(msg, msg_type: int, flags: int) -> bytearray:
-    """Encode a pyroute2 message object into a request (sequence number patched on send)."""
-    msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = flags
-    msg["header"]["sequence_number"] = 0
-    msg.encode()
-    return bytearray(msg.data)
-
-
 # --- the namespace worker ------------------------------------------------------------------------
 class NsWorker:
     """One thread that enters namespaces on our behalf and always returns home."""
@@ -430,7 +421,7 @@ class NsWorker:
         self.pool.submit(self._init).result()
 
     def _init(self) -> None:
-        self.home_fd = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
     def run_in(self, ns_path: str, fn: Callable[[], object]) -> object:
         return self.pool.submit(self._run_in, ns_path, fn).result()

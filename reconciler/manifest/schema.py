@@ -198,16 +198,12 @@ _KIND = {"networks": "network", "vlans": "vlan", "containers": "container", "hos
 def describe(path: Sequence[Any]) -> str:
     """Words for where a path points: 'network db_net subnet 2', 'container c1 network n1'."""
     words: List[str] = []
-    i = 0
     if len(path) >= 2 and path[0] in _KIND:
         words.append(f"{_KIND[path[0]]} {path[1]}")
-        i = 2
         if path[0] == "networks" and len(path) >= 4 and path[2] == "subnets" and isinstance(path[3], int):
             words.append(f"subnet {path[3] + 1}")
-            i = 4
         elif path[0] == "containers" and len(path) >= 4 and path[2] == "networks":
             words.append(f"network {path[3]}")
-            i = 4
     return " ".join(words)
 
 
