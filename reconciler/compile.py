@@ -202,32 +202,9 @@ def _container_objects(c, desired: DesiredState, ready: List[bool]) -> Tuple[Tup
         if not ready[position]:
             continue
         net = desired.networks[att.network]
-        if net.macvlan:
-            passthru = net.macvlan_mode is MacvlanMode.PASSTHRU
-            objs.append(
-                Endpoint(
-                    ns=c.name,
-                    ifname=att.ifname,
-                    parent=net.parent,
-                    mode=Mode.L2,
-                    flag=net.flag,
-                    network=net.name,
-                    driver="macvlan",
-                    macvlan_mode=net.macvlan_mode.value,
-                    mac="" if passthru else endpoint_mac(c.name, net.name),
-                )
-            )
-        else:
-            objs.append(
-                Endpoint(
-                    ns=c.name,
-                    ifname=att.ifname,
-                    parent=net.parent,
-                    mode=net.mode,
-                    flag=net.flag,
-                    network=net.name,
-                )
-            )
+        objs.append(
+            Endpoint(ns=c.name, ifname=att.ifname, parent=net.parent, network=net.name, **_link_kind(net, c.name))
+        )
         objs.append(Sysctl(ns=c.name, ifname=att.ifname, name="disable_ipv6", value=0 if net.ipv6 else 1))
         for fam, ip in ((4, att.ip), (6, att.ip6)):
             if ip is None:
@@ -321,6 +298,22 @@ def _exports(
     return list(out.values())
 
 
+def _link_kind(net: Network, owner: str) -> Dict[str, object]:
+    """The driver fields of a link of ``net`` (a container's endpoint, or the host's access
+    link): ipvlan mode and flag, or macvlan mode and the stable MAC derived from ``owner``
+    (none on passthru: the link keeps the parent's)."""
+    if not net.macvlan:
+        return {"driver": "ipvlan", "mode": net.mode, "flag": net.flag, "macvlan_mode": "", "mac": ""}
+    passthru = net.macvlan_mode is MacvlanMode.PASSTHRU
+    return {
+        "driver": "macvlan",
+        "mode": Mode.L2,
+        "flag": net.flag,
+        "macvlan_mode": net.macvlan_mode.value,
+        "mac": "" if passthru else endpoint_mac(owner, net.name),
+    }
+
+
 def _access_objects(desired: DesiredState, ready: Dict[str, Network], parent_addrs, problems: List[str]) -> List[KObject]:
     """SPEC 2.3 host access: per ready network with this host's address(es), the host's own
     link on the parent holding them, and a host route through it to each address of this
@@ -342,11 +335,7 @@ def _access_objects(desired: DesiredState, ready: Dict[str, Network], parent_add
             name=name,
             parent=net.parent,
             network=net.name,
-            driver=net.driver.value,
-            mode=net.mode,
-            flag=net.flag,
-            macvlan_mode=net.macvlan_mode.value if net.macvlan else "",
-            mac=endpoint_mac(name, net.name) if net.macvlan else "",
+            **_link_kind(net, name),
             addresses=tuple(sorted(f"{a}/{a.max_prefixlen}" for a in net.host_access)),
         ))
         for c in desired.containers.values():
