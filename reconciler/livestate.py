@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-import os
 import re
-import stat
 from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import UserError, printable, printable_path
-from .manifest.yamlload import file_kind, open_error
+from .manifest.yamlload import Unreadable, read_regular
 from .model import Flag, Mode
 from .objects import (
     CLASS_OF_KIND,
@@ -170,21 +168,10 @@ def read_state_file(path: str) -> HostState:
         return UserError(f"{name}: --live-state: {what}")
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise bad(open_error(path, e)) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise bad(f"{file_kind(st.st_mode)}, not a file (the JSON printed by `ipvlanctl status --format json`)")
-        with os.fdopen(fd, "rb") as f:
-            fd = -1
-            data = f.read(MAX_STATE_BYTES + 1)
-    except OSError as e:
-        raise bad(f"cannot read: {e.strerror or e}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
+        data = read_regular(path, MAX_STATE_BYTES + 1,
+                            "not a file (the JSON printed by `ipvlanctl status --format json`)")
+    except Unreadable as e:
+        raise bad(str(e)) from None
     if len(data) > MAX_STATE_BYTES:
         raise bad(f"larger than {MAX_STATE_BYTES // (1024 * 1024)} MiB: refused")
     try:

@@ -613,6 +613,32 @@ def open_error(path: str, e: OSError) -> str:
     return f"cannot read: {e.strerror or e}"
 
 
+class Unreadable(Exception):
+    """A file ``read_regular`` would not or could not read; the message says why."""
+
+
+def read_regular(path: str, limit: int, not_regular: str) -> bytes:
+    """At most ``limit`` bytes of a regular file. Opened without blocking and checked with
+    fstat, so a FIFO or a device is refused (``"<its kind>, " + not_regular``) instead of
+    hanging the reader; Unreadable with the reason otherwise (missing, dangling, a loop, ...)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise Unreadable(open_error(path, e)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Unreadable(f"{file_kind(st.st_mode)}, {not_regular}")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            return f.read(limit)
+    except OSError as e:
+        raise Unreadable(f"cannot read: {e.strerror or e}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def read_bytes(path: str) -> Tuple[Optional[bytes], Optional[Tuple[Document, List[Diagnostic]]]]:
     """One manifest file's bytes (at most MAX_FILE_BYTES + 1 are read), or the error result.
 
@@ -630,21 +656,9 @@ def read_bytes(path: str) -> Tuple[Optional[bytes], Optional[Tuple[Document, Lis
         except (OSError, AttributeError, ValueError) as e:
             return failed(f"cannot read standard input: {getattr(e, 'strerror', None) or e}")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        return failed(open_error(path, e))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return failed(f"{file_kind(st.st_mode)}, not a manifest file (only regular files are read)")
-        with os.fdopen(fd, "rb") as f:
-            fd = -1
-            return f.read(MAX_FILE_BYTES + 1), None
-    except OSError as e:
-        return failed(f"cannot read: {e.strerror or e}")
-    finally:
-        if fd >= 0:
-            os.close(fd)
+        return read_regular(path, MAX_FILE_BYTES + 1, "not a manifest file (only regular files are read)"), None
+    except Unreadable as e:
+        return failed(str(e))
 
 
 def read_file(path: str) -> Tuple[Document, List[Diagnostic]]:
