@@ -42,14 +42,14 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from ..errors import ReconcilerError, UserError
-from ..render import plural
+from ..render import action_line, daemon_status_line, failure_lines, plural
 from . import logs
 from .classify import BUG, PERMANENT, TEMPORARY, classify
 from .fswatch import fingerprint
 from .metrics import Metrics, MetricsServer, parse_addr
 from .constants import DEFAULT_STATUS_FILE
 from .sdnotify import Notifier
-from .status import DaemonStatus, iso, write_status
+from .status import DaemonStatus, write_status
 from .triggers import Backoff, Batch, TriggerQueue
 
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
@@ -68,10 +68,6 @@ def managed_counts(desired) -> Dict[str, int]:
         "container": len(desired.containers),
         "attachment": sum(len(c.attachments) for c in desired.containers.values()),
     }
-
-
-def action_line(a) -> str:
-    return f"{a.op.symbol} {a.kind.label} {a.obj.describe()}"
 
 
 class Daemon:
@@ -392,18 +388,7 @@ class Daemon:
             self.metrics.succeeded(self.status.last_success)
         else:
             result = "failed"
-            lines: List[str] = []
-            r = out.result
-            if r is not None:
-                for a, err in r.failed:
-                    lines.append(f"{action_line(a)}: {err}")
-                if out.rollback is not None:
-                    lines.append(f"rolled back {plural(len(out.rollback.done), 'action')} of this run")
-            if out.verify is not None and not out.verify.empty:
-                lines.append(
-                    "verify: the host does not match the manifests after apply: "
-                    + "; ".join(action_line(a) for a in out.verify.actions[:10])
-                )
+            lines = failure_lines(out)
             message = "; ".join(lines) or "apply did not converge"
             delay = self.schedule_retry()
             logs.error("reconcile failed; retrying", retry_in=delay, trigger=trigger)
@@ -522,32 +507,7 @@ class Daemon:
 
     # reporting -------------------------------------------------------------------------------
     def status_line(self) -> str:
-        s = self.status
-        if self.desired is None:
-            if s.manifest_missing:
-                return "waiting: manifest path missing"
-            if s.manifest_valid is False:
-                return f"manifest error: {s.manifest_errors[0] if s.manifest_errors else ''}"
-            return "starting"
-        parts = []
-        res = s.last_result or "not reconciled yet"
-        if res == "pending":
-            parts.append(f"converged except {plural(len(s.pending), 'pending object')}")
-        elif res in ("failed", "bug"):
-            parts.append(f"error, retry at {iso(s.next_retry)}")
-        elif res == "rejected":
-            parts.append("refused (see log)")
-        else:
-            parts.append(res)
-        d = self.desired
-        parts.append(f"{plural(len(d.networks), 'network')}, {plural(len(d.containers), 'container')}")
-        if s.last_reconcile:
-            parts.append(f"last reconcile {iso(s.last_reconcile)} ({s.last_duration:.2f}s)")
-        if s.manifest_valid is False:
-            parts.append("manifests invalid: enforcing the last valid state")
-        if s.manifest_missing:
-            parts.append("manifest path missing")
-        return "; ".join(parts)
+        return daemon_status_line(self.status, self.desired)
 
     def write_status(self) -> None:
         if not self.status_file:

@@ -180,7 +180,7 @@ def test_read_status_absent_or_corrupt(tmp_path):
 
 
 def test_status_text_shows_daemon_section():
-    from reconciler.cli import status_text
+    from reconciler.render import status_text
 
     st = DaemonStatus(manifest_paths=["/m"], state_dir="/s")
     st.last_result = "failed"
