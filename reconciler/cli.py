@@ -339,9 +339,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         state = store.load() if args.live_state else engine.State()
         planned = engine.plan_for(desired, live, state, offline=not args.live_state)
     else:
+        from .kernel.observe import observe
+
         with _kernel() as kernel:
             state = store.load()
-            live, _ = engine.observe_host(kernel, state.intents, tables=engine.export_tables(desired, state))
+            live = observe(kernel, state.intents, tables=engine.export_tables(desired, state)).live
             planned = engine.plan_for(desired, live, state)
     plan = planned.plan
     if out_file:
@@ -407,10 +409,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .livestate import state_json
     from .state import StateStore
 
+    from .kernel.observe import observe
+
     store = StateStore(args.state_dir)
     with _kernel() as kernel:
         state = store.load()
-        live, _ = engine.observe_host(kernel, state.intents, tables=state.export_tables)
+        live = observe(kernel, state.intents, tables=state.export_tables).live
     data = state_json(live, ula_prefix=engine.host_ula_prefix(state))
     from .daemon.status import read_status
 
