@@ -315,7 +315,7 @@ def _kernel():
 def cmd_plan(args: argparse.Namespace) -> int:
     from . import engine
     from .render import render_json, render_text
-    from .state import StateStore
+    from .statedir import StateStore
 
     if args.all_hosts:
         from .fleetcli import plan_all_hosts
@@ -363,7 +363,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     from . import engine
     from .render import render_text, result_json, result_text
-    from .state import StateStore
+    from .statedir import StateStore
 
     from .savedplan import prepare_apply
 
@@ -407,7 +407,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from . import engine
     from .livestate import state_json
-    from .state import StateStore
+    from .statedir import StateStore
 
     from .kernel.observe import observe
 
@@ -416,7 +416,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = store.load()
         live = observe(kernel, state.intents, tables=state.export_tables).live
     data = state_json(live, ula_prefix=engine.host_ula_prefix(state))
-    from .daemon.status import read_status
+    from .daemon.statusfile import read_status
 
     daemon = read_status(args.status_file) if args.status_file else None
     if daemon is not None:

@@ -17,7 +17,7 @@ from .livestate import load_state_json, read_state_file  # noqa: F401
 from .model import DesiredState
 from .objects import Address, Endpoint, HostState, Key, Kind
 from .plan import Op, Plan, make_plan
-from .state import State, StateStore
+from .statedir import State, StateStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kernel.apply import ApplyResult

@@ -385,9 +385,9 @@ def failure_lines(out: Any) -> List[str]:
 
 
 def daemon_status_line(s: Any, desired: Any) -> str:
-    """systemd's STATUS= line from the daemon's status (``daemon.status.DaemonStatus``) and
+    """systemd's STATUS= line from the daemon's status (``daemon.statusfile.DaemonStatus``) and
     the desired state in force (None before the first valid load)."""
-    from .daemon.status import iso
+    from .daemon.statusfile import iso
 
     if desired is None:
         if s.manifest_missing:

@@ -27,7 +27,7 @@ from ..errors import UserError
 from . import logs
 from .classify import PERMANENT, TEMPORARY
 from .settings import SETTING_NAMES, WatchSettings
-from .status import DaemonStatus
+from .statusfile import DaemonStatus
 from .watch import Daemon, managed_counts
 
 

@@ -49,7 +49,7 @@ from .fswatch import fingerprint
 from .metrics import Metrics, MetricsServer, parse_addr
 from .sdnotify import Notifier
 from .settings import WatchSettings
-from .status import DaemonStatus, write_status
+from .statusfile import DaemonStatus, write_status
 from .triggers import Backoff, Batch, TriggerQueue
 
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
@@ -83,7 +83,7 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         **options,
     ):
-        from ..state import StateStore
+        from ..statedir import StateStore
 
         if not isinstance(settings, WatchSettings):
             settings = WatchSettings(paths=tuple(settings), state_dir=state_dir, **options)

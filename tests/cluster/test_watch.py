@@ -19,7 +19,7 @@ from reconciler.cluster.revision import push
 from reconciler.cluster.source import ClusterSource
 from reconciler.daemon import logs
 from reconciler.daemon.clusterwatch import ClusterDaemon
-from reconciler.daemon.status import read_status
+from reconciler.daemon.statusfile import read_status
 from reconciler.kernel.apply import ApplyResult
 from reconciler.objects import HostFacts, HostLink, HostState, Kind
 from reconciler.plan import Op

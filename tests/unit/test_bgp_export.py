@@ -21,7 +21,7 @@ from reconciler.model import (
 from reconciler.objects import ExportRoute, HostFacts, HostLink, HostState, Kind
 from reconciler.plan import Op
 from reconciler.render import render_text
-from reconciler.state import State, StateStore
+from reconciler.statedir import State, StateStore
 
 N = ia.ip_network
 A = ia.ip_address

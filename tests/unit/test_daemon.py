@@ -29,7 +29,7 @@ from reconciler.daemon.fswatch import (
 )
 from reconciler.daemon.metrics import Metrics, MetricsServer, parse_addr
 from reconciler.daemon.sdnotify import Notifier
-from reconciler.daemon.status import DaemonStatus, read_status, write_status
+from reconciler.daemon.statusfile import DaemonStatus, read_status, write_status
 from reconciler.daemon.triggers import Backoff, TriggerQueue
 from reconciler.daemon.watch import Daemon
 from reconciler.errors import (

@@ -14,7 +14,7 @@ from reconciler import engine
 from reconciler.kernel.apply import ApplyResult
 from reconciler.objects import HostFacts, HostLink, HostState, Kind
 from reconciler.plan import Op
-from reconciler.state import State, StateStore
+from reconciler.statedir import State, StateStore
 
 
 class Counter:

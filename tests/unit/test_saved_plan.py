@@ -17,7 +17,7 @@ from reconciler.errors import UserError
 from reconciler.kernel.apply import ApplyResult
 from reconciler.objects import Address, HostFacts, HostLink, HostState, Kind, Netns
 from reconciler.plan import Op
-from reconciler.state import State
+from reconciler.statedir import State
 
 MANIFEST = """\
 version: 1
