@@ -315,7 +315,7 @@ def _kernel():
 def cmd_plan(args: argparse.Namespace) -> int:
     from . import engine
     from .render import render_json, render_text
-    from .state import StateStore
+    from .statedir import StateStore
 
     if args.all_hosts:
         from .fleetcli import plan_all_hosts
@@ -339,9 +339,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         state = store.load() if args.live_state else engine.State()
         planned = engine.plan_for(desired, live, state, offline=not args.live_state)
     else:
+        from .kernel.observe import observe
+
         with _kernel() as kernel:
             state = store.load()
-            live, _ = engine.observe_host(kernel, state.intents, tables=engine.export_tables(desired, state))
+            live = observe(kernel, state.intents, tables=engine.export_tables(desired, state)).live
             planned = engine.plan_for(desired, live, state)
     plan = planned.plan
     if out_file:
@@ -356,72 +358,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _result_text(out) -> str:
-    from .render import plural
-
-    lines = []
-    r = out.result
-    if r is not None:
-        for a, err in r.failed:
-            lines.append(f"Error: {err}")
-        if r.not_run:
-            lines.append(f"Not run because of the error: {plural(len(r.not_run), 'action')}")
-        if out.rollback is not None:
-            rb = out.rollback
-            lines.append(f"Rolled back {plural(len(rb.done), 'action')} of this run" +
-                         (f"; {len(rb.failed)} could not be undone:" if rb.failed else "."))
-            for a, err in rb.failed:
-                lines.append(f"  rollback error: {err}")
-        elif not r.ok:
-            lines.append(f"Left in place (--no-rollback): {plural(len(r.done), 'action')} done before the error.")
-    add, change, destroy = out.plan.counts()
-    if r is not None and r.ok:
-        lines.append(f"Apply complete! Objects: {add} added, {change} changed, {destroy} destroyed.")
-    if out.verify is not None and not out.verify.empty:
-        from .render import render_text
-
-        lines.append("Verify: the host does not match the manifests after apply:")
-        lines.append(render_text(out.verify).rstrip())
-    elif out.verify is not None and r is not None and r.ok:
-        lines.append("Verified: the host matches the manifests.")
-    if out.plan.pending:
-        lines.append(f"{plural(len(out.plan.pending), 'object')} pending on missing parents (exit status 3).")
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
-def _result_json(out) -> dict:
-    from .render import action_json, plan_json
-
-    def res(r):
-        if r is None:
-            return None
-        return {
-            "ok": r.ok,
-            "done": [action_json(a) for a in r.done],
-            "failed": [{"action": action_json(a), "error": e} for a, e in r.failed],
-            "not_run": [action_json(a) for a in r.not_run],
-        }
-
-    return {
-        "format_version": "1",
-        "plan": plan_json(out.plan),
-        "result": res(out.result),
-        "rollback": res(out.rollback),
-        "verify": plan_json(out.verify) if out.verify is not None else None,
-        "converged": out.converged,
-        "exit_code": out.exit_code,
-        "netlink_writes": out.netlink_writes,
-        "seconds": round(out.seconds, 6),
-        "phases": {k: round(v, 6) for k, v in out.phases.items()},
-    }
-
-
 def cmd_apply(args: argparse.Namespace) -> int:
     import json
 
     from . import engine
-    from .render import render_text
-    from .state import StateStore
+    from .render import render_text, result_json, result_text
+    from .statedir import StateStore
 
     from .savedplan import prepare_apply
 
@@ -439,14 +381,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
     bird_sync = _bird_sync(args, desired)
     bird = bird_sync.sync(desired, _full_state(args.paths, desired)) if bird_sync is not None else None
     if args.format == "json":
-        data = _result_json(out)
+        data = result_json(out)
         if bird is not None:
             data["bird"] = bird
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         if not (args.quiet and out.plan.empty and not out.plan.pending):
             sys.stdout.write(render_text(out.plan))
-            sys.stdout.write(_result_text(out))
+            sys.stdout.write(result_text(out))
         if bird is not None and (bird["error"] or bird["changed"] or not args.quiet):
             from .birdctl import report_text
 
@@ -465,14 +407,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from . import engine
     from .livestate import state_json
-    from .state import StateStore
+    from .statedir import StateStore
+
+    from .kernel.observe import observe
 
     store = StateStore(args.state_dir)
     with _kernel() as kernel:
         state = store.load()
-        live, _ = engine.observe_host(kernel, state.intents, tables=state.export_tables)
+        live = observe(kernel, state.intents, tables=state.export_tables).live
     data = state_json(live, ula_prefix=engine.host_ula_prefix(state))
-    from .daemon.status import read_status
+    from .daemon.statusfile import read_status
 
     daemon = read_status(args.status_file) if args.status_file else None
     if daemon is not None:
@@ -483,6 +427,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.format == "json":
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return 0
+    from .render import status_text
+
     sys.stdout.write(status_text(data))
     return 0
 
@@ -496,76 +442,6 @@ def _bird_status(args: argparse.Namespace):
     if sock is None and not os.path.exists(DEFAULT_SOCKET):
         return None  # BIRD not configured on this host
     return bird_status(sock or DEFAULT_SOCKET)
-
-
-def status_text(data: dict) -> str:
-    s = data["summary"]
-    out = []
-    if not s["networks"] and not s["containers"]:
-        links = [f"{o.get('name')} ({o['kind']})" for o in data.get("objects", ())
-                 if o.get("kind") in ("vlan", "dummy")]
-        if links:
-            out.append(f"No containers managed on this host; managed links: {', '.join(links)}")
-        else:
-            out.append("Nothing managed on this host: no networks, containers or links created "
-                       "by ipvlan-reconciler.")
-    else:
-        out.extend(_status_tables(s))
-    return _status_daemon(data, out)
-
-
-def _status_tables(s: dict) -> list:
-    out = []
-    out.append(f"{'NETWORK':<20} {'PARENT':<16} {'MODE':<5} {'FLAG':<8} CONTAINERS")
-    for n in s["networks"]:
-        out.append(f"{n['name']:<20} {n['parent']:<16} {n['mode']:<5} {n['flag']:<8} {len(n['containers'])}")
-    out.append("")
-    out.append(f"{'CONTAINER':<20} {'IF':<6} {'NETWORK':<20} {'STATE':<6} ADDRESSES")
-    for c in s["containers"]:
-        if not c["interfaces"]:
-            out.append(f"{c['name']:<20} {'-':<6} {'-':<20} {'-':<6} -")
-        for i in c["interfaces"]:
-            out.append(
-                f"{c['name']:<20} {i['ifname']:<6} {i['network']:<20} {'up' if i['up'] else 'down':<6} "
-                f"{', '.join(i['addresses']) or '-'}"
-            )
-    return out
-
-
-def _status_daemon(data: dict, out: list) -> str:
-    bird = data.get("bird")
-    if bird is not None:
-        out.append("")
-        if not bird.get("running"):
-            out.append(f"BIRD: not running ({bird.get('error')}); this host's routes are not announced")
-        else:
-            sessions = bird.get("sessions", [])
-            out.append(f"BIRD: running, {bird.get('established', 0)} of {len(sessions)} BGP session(s) established")
-            for s_ in sessions:
-                out.append(f"  {s_['name']:<24} {s_['state']:<6} {s_['info']}")
-    extra = data.get("daemon")
-    if extra:
-        out.append("")
-        out.append(f"daemon: last reconcile {extra.get('last_reconcile')} result {extra.get('last_result')}")
-        out.append(
-            f"  pid {extra.get('pid')} ({extra.get('phase')}), took {extra.get('last_duration_seconds')}s, "
-            f"trigger {extra.get('last_trigger') or '-'}, last success {extra.get('last_success') or 'never'}"
-        )
-        manifest = extra.get("manifest") or {}
-        if manifest.get("valid") is False:
-            out.append("  manifests invalid (enforcing the last valid state):")
-            out.extend(f"    {e}" for e in manifest.get("errors", [])[:10])
-        if manifest.get("missing"):
-            out.append(f"  manifest paths missing: {', '.join(manifest['missing'])}")
-        for p in extra.get("pending", [])[:10]:
-            out.append(f"  pending: {p}")
-        if (extra.get("bird") or {}).get("error"):
-            out.append(f"  BIRD: {extra['bird']['error']}")
-        errors = extra.get("last_errors") or []
-        if errors:
-            e = errors[-1]
-            out.append(f"  last error ({e.get('class')}, {e.get('ts')}): {str(e.get('message', '')).splitlines()[0] if e.get('message') else ''}")
-    return "\n".join(out) + "\n"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 from . import ipam
 from .compile import CompileMemo, compile_state
@@ -17,11 +17,12 @@ from .livestate import load_state_json, read_state_file  # noqa: F401
 from .model import DesiredState
 from .objects import Address, Endpoint, HostState, Key, Kind
 from .plan import Op, Plan, make_plan
-from .state import State, StateStore
+from .statedir import State, StateStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kernel.apply import ApplyResult
     from .kernel.host import Held, Kernel, Snapshot, StillValid
+    from .kernel.observe import Made, Observation
 
 
 def machine_id() -> str:
@@ -102,16 +103,18 @@ def offline_live(live_state_file: Optional[str]) -> HostState:
 
 @dataclass
 class ObservationCache:
-    """The daemon's memory between reconciles: the last snapshot, and who can say which of
-    its namespace dumps still hold (the netlink monitor). ``engine.apply`` reuses those and
-    dumps the rest, and leaves its verify snapshot here for the next run. ``snapshot=None``
-    asks for a full observation (the daemon's start, SIGHUP, the periodic resync).
-    ``held`` says which namespace the caller holds a socket in under each name (the
-    monitor's): only a dump of that very namespace (same netns cookie) is ever reused, so
-    ``still_valid`` vouches for changes, never for identity; without ``held`` nothing is."""
+    """The daemon's memory between reconciles: the last snapshot, what observe made of its
+    namespace dumps, and who can say which of those dumps still hold (the netlink monitor).
+    ``engine.apply`` reuses those and dumps the rest, and leaves its verify observation here
+    for the next run. ``snapshot=None`` asks for a full observation (the daemon's start,
+    SIGHUP, the periodic resync). ``held`` says which namespace the caller holds a socket in
+    under each name (the monitor's): only a dump of that very namespace (same netns cookie)
+    is ever reused, so ``still_valid`` vouches for changes, never for identity; without
+    ``held`` nothing is."""
 
     still_valid: "StillValid"
     snapshot: Optional["Snapshot"] = None
+    made: "Made" = field(default_factory=dict)  # kernel.observe.translate's, for ``snapshot``
     # compile's per-container results, kept between runs too: besides the manifests they
     # depend only on which parents exist, which compile checks every time, so they survive
     # a full observation
@@ -133,33 +136,6 @@ def export_tables(desired: DesiredState, state: State) -> Tuple[int, ...]:
     """Tables to observe: the wanted one, and any the state directory says may still hold
     our exports (``bgp:`` removed or its table changed since)."""
     return tuple(sorted(set(wanted_export_tables(desired)) | set(state.export_tables)))
-
-
-def observe_host(
-    kernel: "Kernel",
-    intents: Sequence[Key] = (),
-    previous: Optional["Snapshot"] = None,
-    still_valid: Optional["StillValid"] = None,
-    cache: Optional[ObservationCache] = None,
-    held: Optional["Held"] = None,
-    tables: Sequence[int] = (),
-) -> Tuple[HostState, "Snapshot"]:
-    from .kernel.handlers import observe
-    from .objects import MARKER
-
-    intent_ns = {k[1] for k in intents if k[0] is Kind.NETNS}
-
-    def is_ours(name, links) -> bool:
-        if name in intent_ns:
-            return True
-        return any(l.name == "lo" and l.alias == MARKER for l in links)
-
-    snap = kernel.snapshot(is_ours, previous=previous, still_valid=still_valid, held=held, tables=tables)
-    if cache is not None:
-        old = previous.namespaces if previous is not None else {}
-        cache.reused = sum(1 for n, v in snap.namespaces.items() if old.get(n) is v)
-        cache.dumped = len(snap.namespaces) - cache.reused
-    return observe(snap, intents), snap
 
 
 @dataclass
@@ -192,7 +168,9 @@ def apply(
     cache: Optional[ObservationCache] = None,
     check: Optional[Callable[[HostState, State, Planned], None]] = None,
 ) -> ApplyOutcome:
-    """Observe, plan, execute, verify -- under the writer lock.
+    """Observe, plan, record intents, execute (rolling back on failure), verify, save --
+    under the writer lock. Each step is a method of :class:`_Run`; the state directory is
+    read once, written ahead of execution (the intents) and written once at the end.
 
     ``check`` (a saved plan, ``reconciler.savedplan``) sees the observed host, the state
     directory and the new plan before anything is written, and refuses by raising.
@@ -200,98 +178,158 @@ def apply(
     With a ``cache`` (the daemon) namespaces it vouches for are not dumped again; verify
     re-dumps only what this run touched (everything after a failure or a change to a host
     link, whose deletion takes endpoints in other namespaces with it)."""
-    from .kernel.apply import execute, rollback_plan
-
-    t0 = time.monotonic()
-    phases: Dict[str, float] = {}
+    run = _Run(desired, kernel, cache)
     with store.lock(lock_timeout):
         state = store.load()
-        tables = export_tables(desired, state)
-        final_tables = wanted_export_tables(desired)
-        t = time.monotonic()
-        if cache is not None:
-            live, snap = observe_host(kernel, state.intents, cache.snapshot, cache.still_valid, cache, cache.held, tables=tables)
-            cache.snapshot = None  # until this run has a snapshot it can vouch for
-        else:
-            live, snap = observe_host(kernel, state.intents, tables=tables)
-        phases["observe"] = time.monotonic() - t
-        t = time.monotonic()
-        memo = cache.compile_memo if cache is not None else None
-        planned = plan_for(desired, live, state, memo=memo)
-        phases["plan"] = time.monotonic() - t
+        first = run.observe(state)
+        planned = run.plan(state, first)
         if check is not None:
-            check(live, state, planned)
-        plan = planned.plan
-        writes_before = kernel.counter.count
-        out = ApplyOutcome(plan=plan)
-        if plan.empty:
-            if (planned.allocations != state.allocations or state.intents or state.problem
-                    or state.export_tables != final_tables):
-                store.save(State(allocations=planned.allocations, export_tables=final_tables))
-            out.verify = plan_verify(plan)
-            out.netlink_writes = kernel.counter.count - writes_before
-            out.seconds = time.monotonic() - t0
-            out.phases = phases
-            if cache is not None:
-                cache.snapshot = snap
-            return out
-        # write-ahead: what we are about to create, so a kill mid-way leaves no orphan
-        # ... and what we are about to delete: deleting a namespace is umount + unlink, and a
-        # kill between the two leaves a plain file in /run/netns that carries no marker
-        intents = tuple(a.key for a in plan.actions if a.op in (Op.CREATE, Op.REPLACE, Op.DELETE)
-                        and a.kind in (Kind.VLAN, Kind.DUMMY, Kind.NETNS, Kind.ENDPOINT))
-        store.save(State(allocations=_merge_alloc(state.allocations, planned.allocations), intents=intents,
-                         export_tables=tables))
+            check(first.live, state, planned)
+        on_disk = state
+        if planned.plan.empty:
+            run.out.verify = plan_verify(planned.plan)
+            run.remember(first)
+        else:
+            on_disk = run.record_intents(state, planned)
+            store.save(on_disk)  # write-ahead: see record_intents
+            run.execute(first, rollback)
+            run.remember(run.verify(first))
+        final = run.final_state(state)
+        if final != on_disk:
+            store.save(final)
+    return run.finish()
+
+
+class _Run:
+    """One apply's steps and what they leave for the next (``apply`` runs them in order)."""
+
+    def __init__(self, desired: DesiredState, kernel: "Kernel", cache: Optional[ObservationCache]):
+        self.desired = desired
+        self.kernel = kernel
+        self.cache = cache
+        self.memo = cache.compile_memo if cache is not None else None
+        self.t0 = time.monotonic()
+        self.writes_before = kernel.counter.count
+        self.phases: Dict[str, float] = {}
+        self.tables: Tuple[int, ...] = ()  # observed: the wanted export table and leftovers
+        self.planned: Optional[Planned] = None
+        self.intents: Tuple[Key, ...] = ()  # keys recorded as ours while the run is in flight
+        self.out = ApplyOutcome(plan=Plan())
+
+    def _timed(self, phase: str, t: float) -> None:
+        self.phases[phase] = time.monotonic() - t
+
+    def observe(self, state: State) -> "Observation":
+        """The host now; with the daemon's cache, reusing the dumps it vouches for."""
+        from .kernel.observe import observe
+
         t = time.monotonic()
-        result = execute(plan.actions, kernel, snap)
-        phases["apply"] = time.monotonic() - t
-        out.result = result
-        if not result.ok:
-            # From here on, intent records name only what this run really created: a failed
-            # create made nothing of ours (EEXIST: the name is someone else's now, e.g. a
-            # namespace added between plan and apply), and an intent naming it would make
-            # every later run adopt -- and possibly delete -- that object.
-            made = {a.key for a in result.done if a.op in (Op.CREATE, Op.REPLACE)}
-            made |= {a.key for a, _ in result.failed if a.op is Op.DELETE}  # half-deleted: still ours
-            intents = tuple(k for k in intents if k in made)
-        if not result.ok and rollback and result.done:
-            live2, snap2 = observe_host(kernel, intents, tables=tables)
-            out.rollback = execute(rollback_plan(result.done), kernel, snap2)
-            undone = {a.key for a in out.rollback.done}
-            intents = tuple(k for k in intents if k not in undone)
+        self.tables = export_tables(self.desired, state)
+        c = self.cache
+        if c is not None:
+            obs = observe(self.kernel, state.intents, c.snapshot, c.still_valid, c.held, tables=self.tables, made=c.made)
+            c.snapshot, c.made = None, {}  # until this run has a snapshot it can vouch for
+            c.reused, c.dumped = obs.reused, obs.dumped
+        else:
+            obs = observe(self.kernel, state.intents, tables=self.tables)
+        self._timed("observe", t)
+        return obs
+
+    def plan(self, state: State, obs: "Observation") -> Planned:
         t = time.monotonic()
-        if cache is not None and result.ok and out.rollback is None and not any(
+        self.planned = plan_for(self.desired, obs.live, state, memo=self.memo)
+        self.out.plan = self.planned.plan
+        self._timed("plan", t)
+        return self.planned
+
+    def record_intents(self, state: State, planned: Planned) -> State:
+        """The write-ahead record, saved before anything is executed: what we are about to
+        create, so a kill mid-way leaves no orphan, and what we are about to delete (deleting
+        a namespace is umount + unlink, and a kill between the two leaves a plain file in
+        /run/netns that carries no marker). Old and new automatic choices stay reserved."""
+        self.intents = tuple(a.key for a in planned.plan.actions if a.op in (Op.CREATE, Op.REPLACE, Op.DELETE)
+                             and a.kind in (Kind.VLAN, Kind.DUMMY, Kind.NETNS, Kind.ENDPOINT))
+        return State(allocations=_merge_alloc(state.allocations, planned.allocations), intents=self.intents,
+                     export_tables=self.tables)
+
+    def execute(self, obs: "Observation", rollback: bool) -> None:
+        """Run the plan; on failure keep only the intents of what this run really made, and
+        (``rollback``) undo what it did."""
+        from .kernel.apply import execute, rollback_plan
+        from .kernel.observe import observe
+
+        t = time.monotonic()
+        result = self.out.result = execute(self.out.plan.actions, self.kernel, obs.snapshot)
+        self._timed("apply", t)
+        if result.ok:
+            return
+        # From here on, intent records name only what this run really created: a failed
+        # create made nothing of ours (EEXIST: the name is someone else's now, e.g. a
+        # namespace added between plan and apply), and an intent naming it would make
+        # every later run adopt -- and possibly delete -- that object.
+        made = {a.key for a in result.done if a.op in (Op.CREATE, Op.REPLACE)}
+        made |= {a.key for a, _ in result.failed if a.op is Op.DELETE}  # half-deleted: still ours
+        self.intents = tuple(k for k in self.intents if k in made)
+        if rollback and result.done:
+            now = observe(self.kernel, self.intents, tables=self.tables)
+            self.out.rollback = execute(rollback_plan(result.done), self.kernel, now.snapshot)
+            undone = {a.key for a in self.out.rollback.done}
+            self.intents = tuple(k for k in self.intents if k not in undone)
+
+    def verify(self, before: "Observation") -> Optional["Observation"]:
+        """Observe again and plan: an empty plan is a converged host. With the cache, after a
+        clean run that changed no host link, only the namespaces it touched are dumped. The
+        observation, when it may be kept for the next run (else None)."""
+        from .kernel.observe import observe
+
+        t = time.monotonic()
+        plan, result, c = self.out.plan, self.out.result, self.cache
+        assert result is not None and self.planned is not None
+        if c is not None and result.ok and self.out.rollback is None and not any(
             a.kind in (Kind.VLAN, Kind.DUMMY) for a in plan.actions
         ):
             touched = {a.key[1] for a in plan.actions if a.kind is not Kind.HOSTS}  # files: always re-read
-            base = cache.still_valid
+            base = c.still_valid
 
             def still_valid(name: str, view) -> bool:
                 return name not in touched and base(name, view)
 
-            live_after, snap_after = observe_host(kernel, intents, snap, still_valid, held=cache.held, tables=tables)
+            after = observe(self.kernel, self.intents, before.snapshot, still_valid, c.held, tables=self.tables,
+                            made=before.made)
         else:
-            live_after, snap_after = observe_host(kernel, intents, tables=tables)
-        verify_state = State(allocations=planned.allocations)
+            after = observe(self.kernel, self.intents, tables=self.tables)
         try:
-            out.verify = plan_for(desired, live_after, verify_state, memo=memo).plan
+            self.out.verify = plan_for(self.desired, after.live, State(allocations=self.planned.allocations),
+                                       memo=self.memo).plan
         except PlanError as e:
             if result.ok:
                 raise Bug(f"verification could not plan after apply: {e}")
             # the failure itself can be such a clash (a name taken mid-apply): report it
-            out.verify = Plan(warnings=tuple(f"verify: {p}" for p in e.problems))
-        phases["verify"] = time.monotonic() - t
-        if cache is not None and result.ok and out.verify.empty:
-            cache.snapshot = snap_after
-        if result.ok:
-            store.save(State(allocations=planned.allocations, export_tables=final_tables))
-        else:
-            store.save(State(allocations=_merge_alloc(state.allocations, planned.allocations), intents=intents,
-                             export_tables=tables))
-        out.netlink_writes = kernel.counter.count - writes_before
-        out.seconds = time.monotonic() - t0
-        out.phases = phases
-        return out
+            self.out.verify = Plan(warnings=tuple(f"verify: {p}" for p in e.problems))
+        self._timed("verify", t)
+        return after if result.ok and self.out.verify.empty else None
+
+    def remember(self, obs: Optional["Observation"]) -> None:
+        """The daemon's cache keeps an observation the next run may build on."""
+        if self.cache is not None and obs is not None:
+            self.cache.snapshot, self.cache.made = obs.snapshot, obs.made
+
+    def final_state(self, state: State) -> State:
+        """What the state directory holds after this run. Converged or not executed: the
+        new automatic choices, no intents, only the wanted export table. Failed: old and new
+        choices, the intents of what may be ours, every table that may hold our exports."""
+        assert self.planned is not None
+        result = self.out.result
+        if result is None or result.ok:
+            return State(allocations=self.planned.allocations, export_tables=wanted_export_tables(self.desired))
+        return State(allocations=_merge_alloc(state.allocations, self.planned.allocations), intents=self.intents,
+                     export_tables=self.tables)
+
+    def finish(self) -> ApplyOutcome:
+        self.out.netlink_writes = self.kernel.counter.count - self.writes_before
+        self.out.seconds = time.monotonic() - self.t0
+        self.out.phases = self.phases
+        return self.out
 
 
 def plan_verify(plan: Plan) -> Plan:

@@ -1,4 +1,5 @@
-"""Plan rendering: text for people (terraform-like), JSON for machines.
+"""Rendering: plans, apply results and `ipvlanctl status` as text for people (terraform-like)
+and JSON for machines; the daemon's one-line summaries (log lines, systemd STATUS=).
 
 The JSON format is documented in docs/plan-json.md; ``format_version`` changes
 when a field changes meaning or disappears (new fields may be added).
@@ -228,3 +229,187 @@ def render_json(plan: Plan) -> str:
     head = json.dumps(data)
     body = ",\n".join(json.dumps(c) for c in changes)
     return head[:-1] + ', "changes": [' + ("\n" + body + "\n" if body else "") + "]}\n"
+
+
+# apply's result and `ipvlanctl status` -------------------------------------------------
+
+def result_text(out) -> str:
+    """apply's report after the plan: errors, rollback, the verdict of verify, pending."""
+    lines = []
+    r = out.result
+    if r is not None:
+        for a, err in r.failed:
+            lines.append(f"Error: {err}")
+        if r.not_run:
+            lines.append(f"Not run because of the error: {plural(len(r.not_run), 'action')}")
+        if out.rollback is not None:
+            rb = out.rollback
+            lines.append(f"Rolled back {plural(len(rb.done), 'action')} of this run" +
+                         (f"; {len(rb.failed)} could not be undone:" if rb.failed else "."))
+            for a, err in rb.failed:
+                lines.append(f"  rollback error: {err}")
+        elif not r.ok:
+            lines.append(f"Left in place (--no-rollback): {plural(len(r.done), 'action')} done before the error.")
+    add, change, destroy = out.plan.counts()
+    if r is not None and r.ok:
+        lines.append(f"Apply complete! Objects: {add} added, {change} changed, {destroy} destroyed.")
+    if out.verify is not None and not out.verify.empty:
+        lines.append("Verify: the host does not match the manifests after apply:")
+        lines.append(render_text(out.verify).rstrip())
+    elif out.verify is not None and r is not None and r.ok:
+        lines.append("Verified: the host matches the manifests.")
+    if out.plan.pending:
+        lines.append(f"{plural(len(out.plan.pending), 'object')} pending on missing parents (exit status 3).")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def result_json(out) -> dict:
+    """`apply --format json`: the plan, what ran, rolled back and verified (docs/plan-json.md)."""
+    def res(r):
+        if r is None:
+            return None
+        return {
+            "ok": r.ok,
+            "done": [action_json(a) for a in r.done],
+            "failed": [{"action": action_json(a), "error": e} for a, e in r.failed],
+            "not_run": [action_json(a) for a in r.not_run],
+        }
+
+    return {
+        "format_version": "1",
+        "plan": plan_json(out.plan),
+        "result": res(out.result),
+        "rollback": res(out.rollback),
+        "verify": plan_json(out.verify) if out.verify is not None else None,
+        "converged": out.converged,
+        "exit_code": out.exit_code,
+        "netlink_writes": out.netlink_writes,
+        "seconds": round(out.seconds, 6),
+        "phases": {k: round(v, 6) for k, v in out.phases.items()},
+    }
+
+
+def status_text(data: dict) -> str:
+    """`ipvlanctl status` for people, from the document `status --format json` prints."""
+    s = data["summary"]
+    out = []
+    if not s["networks"] and not s["containers"]:
+        links = [f"{o.get('name')} ({o['kind']})" for o in data.get("objects", ())
+                 if o.get("kind") in ("vlan", "dummy")]
+        if links:
+            out.append(f"No containers managed on this host; managed links: {', '.join(links)}")
+        else:
+            out.append("Nothing managed on this host: no networks, containers or links created "
+                       "by ipvlan-reconciler.")
+    else:
+        out.extend(_status_tables(s))
+    return _status_daemon(data, out)
+
+
+def _status_tables(s: dict) -> list:
+    out = []
+    out.append(f"{'NETWORK':<20} {'PARENT':<16} {'MODE':<5} {'FLAG':<8} CONTAINERS")
+    for n in s["networks"]:
+        out.append(f"{n['name']:<20} {n['parent']:<16} {n['mode']:<5} {n['flag']:<8} {len(n['containers'])}")
+    out.append("")
+    out.append(f"{'CONTAINER':<20} {'IF':<6} {'NETWORK':<20} {'STATE':<6} ADDRESSES")
+    for c in s["containers"]:
+        if not c["interfaces"]:
+            out.append(f"{c['name']:<20} {'-':<6} {'-':<20} {'-':<6} -")
+        for i in c["interfaces"]:
+            out.append(
+                f"{c['name']:<20} {i['ifname']:<6} {i['network']:<20} {'up' if i['up'] else 'down':<6} "
+                f"{', '.join(i['addresses']) or '-'}"
+            )
+    return out
+
+
+def _status_daemon(data: dict, out: list) -> str:
+    bird = data.get("bird")
+    if bird is not None:
+        out.append("")
+        if not bird.get("running"):
+            out.append(f"BIRD: not running ({bird.get('error')}); this host's routes are not announced")
+        else:
+            sessions = bird.get("sessions", [])
+            out.append(f"BIRD: running, {bird.get('established', 0)} of {len(sessions)} BGP session(s) established")
+            for s_ in sessions:
+                out.append(f"  {s_['name']:<24} {s_['state']:<6} {s_['info']}")
+    extra = data.get("daemon")
+    if extra:
+        out.append("")
+        out.append(f"daemon: last reconcile {extra.get('last_reconcile')} result {extra.get('last_result')}")
+        out.append(
+            f"  pid {extra.get('pid')} ({extra.get('phase')}), took {extra.get('last_duration_seconds')}s, "
+            f"trigger {extra.get('last_trigger') or '-'}, last success {extra.get('last_success') or 'never'}"
+        )
+        manifest = extra.get("manifest") or {}
+        if manifest.get("valid") is False:
+            out.append("  manifests invalid (enforcing the last valid state):")
+            out.extend(f"    {e}" for e in manifest.get("errors", [])[:10])
+        if manifest.get("missing"):
+            out.append(f"  manifest paths missing: {', '.join(manifest['missing'])}")
+        for p in extra.get("pending", [])[:10]:
+            out.append(f"  pending: {p}")
+        if (extra.get("bird") or {}).get("error"):
+            out.append(f"  BIRD: {extra['bird']['error']}")
+        errors = extra.get("last_errors") or []
+        if errors:
+            e = errors[-1]
+            out.append(f"  last error ({e.get('class')}, {e.get('ts')}): {str(e.get('message', '')).splitlines()[0] if e.get('message') else ''}")
+    return "\n".join(out) + "\n"
+
+
+# the daemon's log and systemd STATUS= line ----------------------------------------------
+
+def action_line(a: Action) -> str:
+    """One action on one line (the daemon's log and status file)."""
+    return f"{a.op.symbol} {a.kind.label} {a.obj.describe()}"
+
+
+def failure_lines(out: Any) -> List[str]:
+    """Why a reconcile did not converge: failed actions, the rollback, what verify found."""
+    lines: List[str] = []
+    r = out.result
+    if r is not None:
+        for a, err in r.failed:
+            lines.append(f"{action_line(a)}: {err}")
+        if out.rollback is not None:
+            lines.append(f"rolled back {plural(len(out.rollback.done), 'action')} of this run")
+    if out.verify is not None and not out.verify.empty:
+        lines.append(
+            "verify: the host does not match the manifests after apply: "
+            + "; ".join(action_line(a) for a in out.verify.actions[:10])
+        )
+    return lines
+
+
+def daemon_status_line(s: Any, desired: Any) -> str:
+    """systemd's STATUS= line from the daemon's status (``daemon.statusfile.DaemonStatus``) and
+    the desired state in force (None before the first valid load)."""
+    from .daemon.statusfile import iso
+
+    if desired is None:
+        if s.manifest_missing:
+            return "waiting: manifest path missing"
+        if s.manifest_valid is False:
+            return f"manifest error: {s.manifest_errors[0] if s.manifest_errors else ''}"
+        return "starting"
+    parts = []
+    res = s.last_result or "not reconciled yet"
+    if res == "pending":
+        parts.append(f"converged except {plural(len(s.pending), 'pending object')}")
+    elif res in ("failed", "bug"):
+        parts.append(f"error, retry at {iso(s.next_retry)}")
+    elif res == "rejected":
+        parts.append("refused (see log)")
+    else:
+        parts.append(res)
+    parts.append(f"{plural(len(desired.networks), 'network')}, {plural(len(desired.containers), 'container')}")
+    if s.last_reconcile:
+        parts.append(f"last reconcile {iso(s.last_reconcile)} ({s.last_duration:.2f}s)")
+    if s.manifest_valid is False:
+        parts.append("manifests invalid: enforcing the last valid state")
+    if s.manifest_missing:
+        parts.append("manifest path missing")
+    return "; ".join(parts)

@@ -35,7 +35,7 @@ from .model import DesiredState
 from .objects import HostState, KObject
 from .plan import Plan, describe_key
 from .render import jsonable, plan_json
-from .state import State, key_to_json
+from .statedir import State, key_to_json
 
 FORMAT = "ipvlan-reconciler-plan/1"
 FORMAT_PREFIX = "ipvlan-reconciler-plan/"

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Optional
 
 from ..errors import UserError
 from . import logs
 from .classify import PERMANENT, TEMPORARY
-from .status import DaemonStatus
+from .settings import SETTING_NAMES, WatchSettings
+from .statusfile import DaemonStatus
 from .watch import Daemon, managed_counts
 
 
@@ -41,8 +42,13 @@ class ClusterStatus(DaemonStatus):
 
 
 class ClusterDaemon(Daemon):
-    def __init__(self, source, state_dir: str, etcd_url: str = "", lease_interval: Optional[float] = None, **kw):
-        super().__init__([], state_dir, host=source.host, **kw)
+    def __init__(self, source, settings, etcd_url: str = "", lease_interval: Optional[float] = None, **kw):
+        """``settings``: a WatchSettings, or the state directory with the options by name."""
+        if not isinstance(settings, WatchSettings):
+            settings = WatchSettings(paths=(), state_dir=settings,
+                                     **{k: kw.pop(k) for k in list(kw) if k in SETTING_NAMES})
+        super().__init__(replace(settings, paths=(), host=source.host), **kw)
+        state_dir = settings.state_dir
         self.source = source
         self.status = ClusterStatus(manifest_paths=[], state_dir=state_dir)
         self.status.cluster = {"etcd": etcd_url, "prefix": source.keys.prefix, "host": source.host,
@@ -291,21 +297,12 @@ class ClusterDaemon(Daemon):
                 logs.warning("revoking the status lease failed", error=str(e))
 
 
-def build(args) -> ClusterDaemon:
+def build(settings: WatchSettings) -> ClusterDaemon:
     """The daemon for `watch --etcd` (run_watch has checked root and the options)."""
     import socket
 
     from ..cluster.source import ClusterSource
-    from .constants import DEFAULT_STATUS_FILE
 
-    host = getattr(args, "host", None) or socket.gethostname().split(".")[0]
-    source = ClusterSource(args.etcd, host, args.state_dir, prefix=args.prefix)
-    return ClusterDaemon(
-        source, args.state_dir, etcd_url=args.etcd,
-        status_file=getattr(args, "status_file", DEFAULT_STATUS_FILE) or None,
-        debounce=getattr(args, "debounce", 0.5),
-        resync_interval=getattr(args, "resync_interval", 60.0),
-        lock_timeout=getattr(args, "lock_timeout", 30.0),
-        backoff_cap=getattr(args, "max_backoff", 60.0),
-        metrics_addr=getattr(args, "metrics_addr", None),
-    )
+    host = settings.host or socket.gethostname().split(".")[0]
+    source = ClusterSource(settings.etcd, host, settings.state_dir, prefix=settings.prefix)
+    return ClusterDaemon(source, settings, etcd_url=settings.etcd)

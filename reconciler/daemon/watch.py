@@ -42,14 +42,14 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from ..errors import ReconcilerError, UserError
-from ..render import plural
+from ..render import action_line, daemon_status_line, failure_lines, plural
 from . import logs
 from .classify import BUG, PERMANENT, TEMPORARY, classify
 from .fswatch import fingerprint
 from .metrics import Metrics, MetricsServer, parse_addr
-from .constants import DEFAULT_STATUS_FILE
 from .sdnotify import Notifier
-from .status import DaemonStatus, iso, write_status
+from .settings import WatchSettings
+from .statusfile import DaemonStatus, write_status
 from .triggers import Backoff, Batch, TriggerQueue
 
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
@@ -70,48 +70,43 @@ def managed_counts(desired) -> Dict[str, int]:
     }
 
 
-def action_line(a) -> str:
-    return f"{a.op.symbol} {a.kind.label} {a.obj.describe()}"
-
-
 class Daemon:
     def __init__(
         self,
-        paths: List[str],
-        state_dir: str,
-        status_file: Optional[str] = DEFAULT_STATUS_FILE,
-        debounce: float = 0.5,
-        resync_interval: float = 60.0,
-        lock_timeout: float = 30.0,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 60.0,
-        metrics_addr: Optional[str] = None,
-        netns_poll: float = 1.0,
+        settings,  # a WatchSettings; or the manifest paths, with state_dir and options by name
+        state_dir: Optional[str] = None,
+        *,
         loader: Optional[Callable] = None,
         apply_fn: Optional[Callable] = None,
         kernel_factory: Optional[Callable] = None,
         notifier: Optional[Notifier] = None,
         clock: Callable[[], float] = time.monotonic,
-        host: Optional[str] = None,  # fleet manifests: --host (None: this machine's name)
+        **options,
     ):
-        from ..state import StateStore
+        from ..statedir import StateStore
 
-        self.paths = [os.path.abspath(p) for p in paths]
-        self.state_dir = state_dir
-        self.store = StateStore(state_dir)
-        self.status_file = status_file
-        self.resync_interval = resync_interval
-        self.lock_timeout = lock_timeout
-        self.metrics_addr = metrics_addr
-        self.netns_poll = netns_poll
+        if not isinstance(settings, WatchSettings):
+            settings = WatchSettings(paths=tuple(settings), state_dir=state_dir, **options)
+        elif state_dir is not None or options:
+            raise TypeError("Daemon(settings): the options are the settings' fields")
+        self.settings = settings
+        # (the settings' fields the daemon reads most, as attributes; tests change ``host``)
+        self.paths = [os.path.abspath(p) for p in settings.paths]
+        self.state_dir = settings.state_dir
+        self.store = StateStore(settings.state_dir)
+        self.status_file = settings.status_file
+        self.resync_interval = settings.resync_interval
+        self.lock_timeout = settings.lock_timeout
+        self.metrics_addr = settings.metrics_addr
+        self.netns_poll = settings.netns_poll
         self.clock = clock
-        self.triggers = TriggerQueue(debounce=debounce, clock=clock)
-        self.backoff = Backoff(backoff_base, backoff_cap)
+        self.triggers = TriggerQueue(debounce=settings.debounce, clock=clock)
+        self.backoff = Backoff(settings.backoff_base, settings.backoff_cap)
         self.notifier = notifier if notifier is not None else Notifier()
         self.metrics = Metrics()
-        self.status = DaemonStatus(manifest_paths=list(self.paths), state_dir=state_dir)
+        self.status = DaemonStatus(manifest_paths=list(self.paths), state_dir=settings.state_dir)
         self._loader = loader
-        self.host = host
+        self.host = settings.host
         from ..manifest import ParseCache
 
         self.parse_cache = ParseCache()  # an edit re-parses only the files it changed
@@ -392,18 +387,7 @@ class Daemon:
             self.metrics.succeeded(self.status.last_success)
         else:
             result = "failed"
-            lines: List[str] = []
-            r = out.result
-            if r is not None:
-                for a, err in r.failed:
-                    lines.append(f"{action_line(a)}: {err}")
-                if out.rollback is not None:
-                    lines.append(f"rolled back {plural(len(out.rollback.done), 'action')} of this run")
-            if out.verify is not None and not out.verify.empty:
-                lines.append(
-                    "verify: the host does not match the manifests after apply: "
-                    + "; ".join(action_line(a) for a in out.verify.actions[:10])
-                )
+            lines = failure_lines(out)
             message = "; ".join(lines) or "apply did not converge"
             delay = self.schedule_retry()
             logs.error("reconcile failed; retrying", retry_in=delay, trigger=trigger)
@@ -522,32 +506,7 @@ class Daemon:
 
     # reporting -------------------------------------------------------------------------------
     def status_line(self) -> str:
-        s = self.status
-        if self.desired is None:
-            if s.manifest_missing:
-                return "waiting: manifest path missing"
-            if s.manifest_valid is False:
-                return f"manifest error: {s.manifest_errors[0] if s.manifest_errors else ''}"
-            return "starting"
-        parts = []
-        res = s.last_result or "not reconciled yet"
-        if res == "pending":
-            parts.append(f"converged except {plural(len(s.pending), 'pending object')}")
-        elif res in ("failed", "bug"):
-            parts.append(f"error, retry at {iso(s.next_retry)}")
-        elif res == "rejected":
-            parts.append("refused (see log)")
-        else:
-            parts.append(res)
-        d = self.desired
-        parts.append(f"{plural(len(d.networks), 'network')}, {plural(len(d.containers), 'container')}")
-        if s.last_reconcile:
-            parts.append(f"last reconcile {iso(s.last_reconcile)} ({s.last_duration:.2f}s)")
-        if s.manifest_valid is False:
-            parts.append("manifests invalid: enforcing the last valid state")
-        if s.manifest_missing:
-            parts.append("manifest path missing")
-        return "; ".join(parts)
+        return daemon_status_line(self.status, self.desired)
 
     def write_status(self) -> None:
         if not self.status_file:
@@ -664,37 +623,20 @@ class Daemon:
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    logs.setup(getattr(args, "log_format", "text"), getattr(args, "log_level", "info"))
-    if getattr(args, "etcd", None) and args.paths:
-        raise UserError("watch --etcd takes its manifests from etcd: give no PATH")
-    if getattr(args, "etcd", None) and getattr(args, "bird_config", None):
-        raise UserError("watch --etcd does not keep a BIRD configuration yet: --bird-config works with "
-                        "manifest paths only")
-    if not getattr(args, "etcd", None) and not args.paths:
-        raise UserError("watch needs manifest directories (PATH...), or --etcd URL for cluster mode")
+    settings = WatchSettings.from_args(args)
+    logs.setup(settings.log_format, settings.log_level)
     if os.geteuid() != 0:
         raise UserError("watch changes network namespaces and needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)")
-    if getattr(args, "debounce", 0.5) < 0:
-        raise UserError("--debounce must not be negative")
-    if getattr(args, "etcd", None):
+    settings.check()
+    if settings.etcd:
         from .clusterwatch import build
 
-        return build(args).run()
-    daemon = Daemon(
-        paths=args.paths,
-        state_dir=args.state_dir,
-        status_file=getattr(args, "status_file", DEFAULT_STATUS_FILE) or None,
-        debounce=getattr(args, "debounce", 0.5),
-        resync_interval=getattr(args, "resync_interval", 60.0),
-        lock_timeout=getattr(args, "lock_timeout", 30.0),
-        backoff_cap=getattr(args, "max_backoff", 60.0),
-        metrics_addr=getattr(args, "metrics_addr", None),
-        host=getattr(args, "host", None),
-    )
-    if getattr(args, "bird_config", None):
+        return build(settings).run()
+    daemon = Daemon(settings)
+    if settings.bird_config:
         from ..birdctl import DEFAULT_SOCKET, BirdSync
 
         # the host: --host when the CLI has it, else the state's local host at each sync
-        daemon.bird_sync = BirdSync(args.bird_config, getattr(args, "bird_socket", None) or DEFAULT_SOCKET,
-                                    host=getattr(args, "host", None))
+        daemon.bird_sync = BirdSync(settings.bird_config, settings.bird_socket or DEFAULT_SOCKET,
+                                    host=settings.host)
     return daemon.run()

@@ -1,4 +1,5 @@
-"""One handler per object kind: how it is observed, created, deleted and updated.
+"""One handler per object kind: how it is created, deleted and updated (how it is observed:
+``kernel.observe``).
 
 The pure side of each kind (identity, diff rules, description) is in
 ``reconciler.objects``; this is the kernel side. Handlers never decide what to
@@ -14,254 +15,31 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Optional
 
 from ..errors import KernelError
-from ..model import Flag, MacvlanMode, Mode
+from ..model import MacvlanMode
 from ..objects import (
-    ACCESS_MARKER,
-    HOSTS_MARKER,
     MARKER,
     RTPROT,
     AccessLink,
     AccessRoute,
     Address,
-    DummyLink,
     Endpoint,
     ExportRoute,
-    HostFacts,
-    HostLink,
     HostsFile,
-    HostState,
-    Key,
     Kind,
     KObject,
     Netns,
     Route,
     Sysctl,
-    VlanLink,
 )
 from . import netlink as nl
-from .host import NsView, Snapshot
-from .netlink import LinkRec
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .apply import Ctx
+from .ctx import Ctx
 
 
 def _fam(version: int) -> int:
     return socket.AF_INET if version == 4 else socket.AF_INET6
-
-
-# =================================================================================================
-# observe
-# =================================================================================================
-def observe(snap: Snapshot, intents: Iterable[Key] = ()) -> HostState:
-    """Turn one snapshot into our objects plus host facts.
-
-    Ownership comes from kernel markers (link alias, the alias on a namespace's lo,
-    our route protocol, the hosts file's first line). ``intents`` -- keys the last
-    run was about to create, from the state directory -- also count as ours, so a
-    run killed between creating an object and marking it does not orphan it."""
-    intents = set(intents)
-    objs: List[KObject] = []
-    host = snap.host
-    by_index = host.link_by_index()
-    addrs_by_index: Dict[int, list] = {}
-    for a in host.addrs:
-        addrs_by_index.setdefault(a.index, []).append(ipaddress.ip_interface(f"{a.address}/{a.prefixlen}"))
-
-    links: Dict[str, HostLink] = {}
-    access_links: Dict[int, str] = {}
-    for l in host.links:
-        kind_key = (Kind.VLAN if l.kind == "vlan" else Kind.DUMMY, l.name)
-        marked = l.alias == MARKER
-        owned = l.kind in ("vlan", "dummy") and (marked or kind_key in intents)
-        lower = by_index.get(l.link).name if l.link and l.link in by_index and l.link_netnsid is None else None
-        if l.kind in ("ipvlan", "macvlan") and (
-            l.alias.startswith(ACCESS_MARKER) or (Kind.ACCESS_LINK, l.name) in intents
-        ):
-            owned = True
-            access_links[l.index] = l.name
-            objs.append(_access_link(l, lower, addrs_by_index.get(l.index, ())))
-        links[l.name] = HostLink(
-            name=l.name,
-            index=l.index,
-            kind=l.kind,
-            up=l.up,
-            owned=owned,
-            vid=l.vid,
-            link=lower,
-            addresses=tuple(addrs_by_index.get(l.index, ())),
-        )
-        if owned and l.kind == "vlan":
-            objs.append(VlanLink(name=l.name, link=lower or f"#{l.link}", vid=l.vid or 0, up=l.up, marked=marked))
-        elif owned and l.kind == "dummy":
-            objs.append(DummyLink(name=l.name, up=l.up, marked=marked))
-
-    host_routes = []
-    for r in host.routes:
-        if r.protocol == RTPROT and r.table == nl.RT_TABLE_MAIN and r.oif in access_links and r.dst:
-            objs.append(AccessRoute(dst=ipaddress.ip_network(f"{r.dst}/{r.dst_len}", strict=False),
-                                    ifname=access_links[r.oif]))
-            continue
-        if r.table == nl.RT_TABLE_MAIN and r.dst_len > 0 and r.dst and r.type == nl.RTN_UNICAST:
-            try:
-                host_routes.append(ipaddress.ip_network(f"{r.dst}/{r.dst_len}", strict=False))
-            except ValueError:
-                pass
-
-    foreign_netns: List[str] = []
-    foreign_links: Dict[Tuple[str, str], str] = {}
-    # A namespace's objects depend only on its dump, the host's link names (its endpoints'
-    # parents) and the intents; the daemon reuses dumps (ObservationCache), so the objects
-    # made from one are kept with it and reused while the host's links are the same.
-    host_sig = tuple((l.index, l.name) for l in host.links)
-    for name, view in snap.namespaces.items():
-        memo = view.memo
-        if not intents and memo is not None and memo[0] == host_sig:
-            owned, ns_objs, ns_foreign = memo[1]
-        else:
-            owned, ns_objs, ns_foreign = _observe_ns(name, view, by_index, intents)
-            view.memo = (host_sig, (owned, ns_objs, ns_foreign)) if not intents else None
-        if not owned:
-            foreign_netns.append(name)
-            continue
-        objs.extend(ns_objs)
-        foreign_links.update(ns_foreign)
-
-    for r in snap.exports:
-        if r.protocol != RTPROT or not r.dst:
-            continue
-        dev = by_index.get(r.oif or -1)
-        objs.append(
-            ExportRoute(
-                table=r.table,
-                dst=ipaddress.ip_network(f"{r.dst}/{r.dst_len}", strict=False),
-                dev=dev.name if dev is not None else f"#{r.oif}",
-            )
-        )
-
-    for name, content in snap.hosts_files.items():
-        objs.append(HostsFile(ns=name, content=content, owned=content.startswith(HOSTS_MARKER)))
-
-    facts = HostFacts(
-        links=links,
-        routes=tuple(host_routes),
-        foreign_netns=tuple(sorted(foreign_netns)),
-        foreign_links=foreign_links,
-    )
-    return HostState(objs, facts)
-
-
-def _access_link(l: LinkRec, lower: Optional[str], addrs) -> AccessLink:
-    """A host access link (SPEC 2.3) as observed in the host namespace."""
-    mac = mmode = ""
-    if l.kind == "macvlan":
-        try:
-            mmode = MacvlanMode.from_kernel(l.macvlan_mode or 0).value
-        except (KeyError, ValueError):
-            mmode = str(l.macvlan_mode)
-        mac = l.mac
-    return AccessLink(
-        name=l.name,
-        parent=lower or f"#{l.link}",
-        network=l.alias[len(ACCESS_MARKER):] if l.alias.startswith(ACCESS_MARKER) else "",
-        driver=l.kind,
-        mode=Mode.from_kernel(l.ipvlan_mode or 0) if l.kind == "ipvlan" else Mode.L2,
-        flag=Flag.from_kernel(l.ipvlan_flags or 0) if l.kind == "ipvlan" else Flag.BRIDGE,
-        macvlan_mode=mmode,
-        mac=mac,
-        addresses=tuple(sorted(str(a) for a in addrs if not (a.version == 6 and a.ip.is_link_local))),
-        up=l.up,
-        marked=l.alias.startswith(ACCESS_MARKER),
-    )
-
-
-def _observe_ns(
-    name: str, view: NsView, by_index: Dict[int, LinkRec], intents: Set[Key]
-) -> Tuple[bool, List[KObject], Dict[Tuple[str, str], str]]:
-    """One namespace: (ours?, our objects in it, foreign links in it)."""
-    objs: List[KObject] = []
-    foreign_links: Dict[Tuple[str, str], str] = {}
-    lo = view.link_named("lo")
-    marked = lo is not None and lo.alias == MARKER
-    if not (marked or (Kind.NETNS, name) in intents):
-        return False, objs, foreign_links
-    objs.append(Netns(name=name, lo_up=bool(lo and lo.up), marked=marked, broken=view.broken))
-    if view.broken:
-        return True, objs, foreign_links
-    names_by_index: Dict[int, str] = {}
-    for l in view.links:
-        if l.name == "lo":
-            continue
-        is_ours = l.kind in ("ipvlan", "macvlan") and (
-            l.alias.startswith(MARKER) or (Kind.ENDPOINT, name, l.name) in intents
-        )
-        if not is_ours:
-            foreign_links[(name, l.name)] = l.kind or "link"
-            continue
-        names_by_index[l.index] = l.name
-        parent = by_index.get(l.link)
-        network = ""
-        if l.alias.startswith(MARKER + " net="):
-            network = l.alias[len(MARKER + " net=") :]
-        if l.kind == "macvlan":
-            try:
-                mmode = MacvlanMode.from_kernel(l.macvlan_mode or 0).value
-            except (KeyError, ValueError):  # a mode this reconciler never sets (source): replaced
-                mmode = str(l.macvlan_mode)
-            objs.append(
-                Endpoint(
-                    ns=name,
-                    ifname=l.name,
-                    parent=parent.name if parent is not None else f"#{l.link}",
-                    mode=Mode.L2,
-                    flag=Flag.BRIDGE,
-                    network=network,
-                    up=l.up,
-                    driver="macvlan",
-                    macvlan_mode=mmode,
-                    # passthru takes the parent's MAC: not ours to compare
-                    mac="" if mmode == "passthru" else l.mac,
-                )
-            )
-        else:
-            objs.append(
-                Endpoint(
-                    ns=name,
-                    ifname=l.name,
-                    parent=parent.name if parent is not None else f"#{l.link}",
-                    mode=Mode.from_kernel(l.ipvlan_mode or 0),
-                    flag=Flag.from_kernel(l.ipvlan_flags or 0),
-                    network=network,
-                    up=l.up,
-                )
-            )
-        if l.disable_ipv6 is not None:
-            objs.append(Sysctl(ns=name, ifname=l.name, name="disable_ipv6", value=l.disable_ipv6))
-    for a in view.addrs:
-        ifname = names_by_index.get(a.index)
-        if ifname is None:
-            continue
-        iface = ipaddress.ip_interface(f"{a.address}/{a.prefixlen}")
-        if iface.version == 6 and iface.ip.is_link_local:  # fe80::/10, the kernel's own
-            continue
-        objs.append(Address(ns=name, ifname=ifname, address=iface))
-    for r in view.routes:
-        if r.table != nl.RT_TABLE_MAIN or r.protocol != RTPROT:
-            continue
-        ifname = names_by_index.get(r.oif or -1, f"#{r.oif}")
-        zero = "0.0.0.0" if r.family == socket.AF_INET else "::"
-        objs.append(
-            Route(
-                ns=name,
-                dst=ipaddress.ip_network(f"{r.dst or zero}/{r.dst_len}", strict=False),
-                gateway=ipaddress.ip_address(r.gateway) if r.gateway else None,
-                ifname=ifname,
-            )
-        )
-    return True, objs, foreign_links
 
 
 # =================================================================================================

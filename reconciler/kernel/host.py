@@ -1,4 +1,5 @@
-"""The host: netlink sockets, named namespaces, /etc/netns files. One snapshot per run."""
+"""The host: netlink sockets, named namespaces, /etc/netns files, and what one dump of it
+holds (``NsView``, ``Snapshot``: taken by ``kernel.observe``)."""
 from __future__ import annotations
 
 import errno
@@ -12,7 +13,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..atomicfile import write_atomic
 from ..errors import KernelError
-from ..objects import HOSTS_MARKER, RTPROT
+from ..objects import HOSTS_MARKER
 from .netlink import (
     MNT_DETACH,
     MS_BIND,
@@ -21,7 +22,6 @@ from .netlink import (
     AddrRec,
     LinkRec,
     NetlinkSocket,
-    RT_TABLE_MAIN,
     NsWorker,
     RouteRec,
     WriteCounter,
@@ -48,8 +48,6 @@ class NsView:
     cookie: Optional[int] = None
     taken: float = 0.0  # time.monotonic() when the dump started
     full: bool = False  # addresses and routes were dumped too (not only links)
-    # what handlers.observe made of this dump (kept while the dump is reused)
-    memo: Optional[tuple] = field(default=None, repr=False, compare=False)
 
     def link_by_index(self) -> Dict[int, LinkRec]:
         return {l.index: l for l in self.links}
@@ -70,7 +68,7 @@ class Snapshot:
     # (read_hosts_files: only files that had not changed for a while when read)
     hosts_stamps: Dict[str, tuple] = field(default_factory=dict)
     # our routes (protocol 149) in the host namespace's BGP tables (SPEC 5.2); dumped only
-    # for the tables ``snapshot(tables=...)`` names, i.e. for fleets with ``bgp:``
+    # for the tables ``observe.take_snapshot(tables=...)`` names, i.e. for fleets with ``bgp:``
     exports: List[RouteRec] = field(default_factory=list)
 
 
@@ -440,78 +438,6 @@ class Kernel:
             os.rmdir(d)  # only when empty (resolv.conf and friends stay)
         except OSError:
             pass
-
-    # snapshot ---------------------------------------------------------------------------------
-    def snapshot(
-        self,
-        is_ours,
-        previous: Optional[Snapshot] = None,
-        still_valid: Optional[StillValid] = None,
-        held: Optional[Held] = None,
-        tables: Iterable[int] = (),
-    ) -> Snapshot:
-        """Dump the host namespace and every named namespace. Namespaces for which
-        ``is_ours(name, links)`` is true get their addresses and routes dumped too.
-
-        With ``previous``, ``still_valid`` and ``held`` (the daemon: its netlink monitor holds
-        a socket in each of our namespaces and knows which changed since a given moment) a
-        namespace's earlier view is reused instead of dumped when it is provably the same
-        namespace (:func:`same_namespace`: its netns cookie, held open since before the stat
-        of /run/netns/NAME), was dumped in full if it is ours, and ``still_valid`` vouches
-        that nothing changed in it; and a hosts file's content is reused while its stat
-        stamp is unchanged (:func:`read_hosts_files`). The host namespace is always dumped
-        afresh, and so are ``tables`` (the BGP export tables: one more dump each, of our
-        protocol's routes only)."""
-        host = NsView("", taken=time.monotonic(), full=True)
-        host.links = self.host.dump_links()
-        host.addrs = self.host.dump_addrs()
-        host.routes = self.host.dump_routes(table=RT_TABLE_MAIN)  # host facts: main table only
-        exports: List[RouteRec] = []
-        for t in sorted(set(tables)):
-            exports.extend(self.host.dump_routes(table=t, protocol=RTPROT))
-        names = self.list_netns()
-        stat_time = time.monotonic()  # before the stats; ``held`` is asked after them
-        idents = {n: netns_identity(self.ns_path(n)) for n in names}
-        namespaces: Dict[str, NsView] = {}
-        todo: List[str] = []
-        for name in names:
-            prev = previous.namespaces.get(name) if previous is not None and still_valid is not None else None
-            if (
-                prev is not None
-                and held is not None
-                and not prev.broken
-                and prev.identity == idents[name]  # cheap: a changed pair needs no further look
-                and same_namespace(prev, idents[name], stat_time, held(name))
-                and (prev.full or not is_ours(name, prev.links))
-                and still_valid(name, prev)
-            ):
-                namespaces[name] = prev
-            else:
-                todo.append(name)
-        if todo:
-            socks = self._open_ns_sockets_lenient(todo)
-            for name in todo:
-                view = NsView(name, identity=idents[name], taken=time.monotonic())
-                sock = socks.get(name)
-                if sock is None:
-                    view.broken = True
-                    namespaces[name] = view
-                    continue
-                view.identity, view.cookie = self._ns_ids.get(name, (idents[name], None))
-                view.links = sock.dump_links()
-                if is_ours(name, view.links):
-                    view.addrs = sock.dump_addrs()
-                    view.routes = sock.dump_routes(table=RT_TABLE_MAIN, protocol=RTPROT)  # ours only
-                    view.full = True
-                namespaces[name] = view
-                self.close_ns_socket(name)  # keep the fd count low; apply reopens on demand
-        namespaces = {n: namespaces[n] for n in names}  # listing order, reused or not
-        hosts, stamps = read_hosts_files(
-            self.etc_netns,
-            sorted(set(names) | set(self.list_hosts_dirs())),
-            previous if still_valid is not None else None,
-        )
-        return Snapshot(host=host, namespaces=namespaces, hosts_files=hosts, hosts_stamps=stamps, exports=exports)
 
     def _open_ns_sockets_lenient(self, names: List[str]) -> Dict[str, NetlinkSocket]:
         try:

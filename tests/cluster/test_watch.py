@@ -11,7 +11,7 @@ import time
 import pytest
 
 import reconciler.kernel.apply as kapply
-from reconciler import engine
+import reconciler.kernel.observe as kobserve
 from reconciler.cli import main
 from reconciler.cluster.admin import forget_host
 from reconciler.cluster.alloc import Agent
@@ -19,7 +19,7 @@ from reconciler.cluster.revision import push
 from reconciler.cluster.source import ClusterSource
 from reconciler.daemon import logs
 from reconciler.daemon.clusterwatch import ClusterDaemon
-from reconciler.daemon.status import read_status
+from reconciler.daemon.statusfile import read_status
 from reconciler.kernel.apply import ApplyResult
 from reconciler.objects import HostFacts, HostLink, HostState, Kind
 from reconciler.plan import Op
@@ -87,7 +87,7 @@ class FakeKernel:
 @pytest.fixture
 def host(monkeypatch):
     h = FakeHost()
-    monkeypatch.setattr(engine, "observe_host", lambda kernel, intents=(), *a, **kw: (h.live(), None))
+    monkeypatch.setattr(kobserve, "observe", lambda kernel, intents=(), *a, **kw: kobserve.Observation(h.live(), None, {}))
     monkeypatch.setattr(kapply, "execute", h.execute)
     return h
 

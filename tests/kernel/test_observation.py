@@ -18,7 +18,7 @@ from reconciler.daemon.nlmonitor import NetlinkMonitor
 from reconciler.errors import PlanError
 from reconciler.kernel.host import Kernel, netns_identity
 from reconciler.manifest import load
-from reconciler.state import StateStore
+from reconciler.statedir import StateStore
 
 NAMES = ["obs1", "obs2", "obs3"]
 MANIFEST = """\

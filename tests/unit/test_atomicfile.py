@@ -9,8 +9,8 @@ import pytest
 
 from reconciler import atomicfile
 from reconciler.atomicfile import write_atomic
-from reconciler.daemon.status import DaemonStatus, write_status
-from reconciler.state import State, StateStore
+from reconciler.daemon.statusfile import DaemonStatus, write_status
+from reconciler.statedir import State, StateStore
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from reconciler.model import (
 from reconciler.objects import ExportRoute, HostFacts, HostLink, HostState, Kind
 from reconciler.plan import Op
 from reconciler.render import render_text
-from reconciler.state import State, StateStore
+from reconciler.statedir import State, StateStore
 
 N = ia.ip_network
 A = ia.ip_address
@@ -166,8 +166,9 @@ def test_live_state_json_round_trip_keeps_exports():
 
 
 class FakeKernel:
-    """Just enough of kernel.host.Kernel for engine.apply: a host namespace with eth0
-    (192.168.1.11/24) and the routes of ours in the tables asked for."""
+    """Just enough of kernel.host.Kernel for engine.apply, with ``snapshot`` standing in for
+    kernel.observe.take_snapshot: a host namespace with eth0 (192.168.1.11/24) and the routes
+    of ours in the tables asked for."""
 
     def __init__(self, exports=()):
         from reconciler.kernel.netlink import WriteCounter
@@ -213,6 +214,8 @@ def test_kill_mid_apply_leaves_no_export_behind_after_the_next_run(tmp_path, mon
         raise Killed()
 
     monkeypatch.setattr(kapply, "execute", killed)
+    monkeypatch.setattr("reconciler.kernel.observe.take_snapshot",
+                        lambda kernel, is_ours, **kw: kernel.snapshot(is_ours, **kw))
     d = fleet()
     try:
         engine.apply(d, store, k)

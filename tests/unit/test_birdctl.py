@@ -143,7 +143,7 @@ def test_cli_bird_config(tmp_path, capsys):
 
 
 def test_status_text_shows_bird():
-    from reconciler.cli import status_text
+    from reconciler.render import status_text
 
     base = {"summary": {"networks": [], "containers": []}}
     text = status_text(dict(base, bird={"running": True, "established": 1, "sessions": [

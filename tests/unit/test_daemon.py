@@ -29,7 +29,7 @@ from reconciler.daemon.fswatch import (
 )
 from reconciler.daemon.metrics import Metrics, MetricsServer, parse_addr
 from reconciler.daemon.sdnotify import Notifier
-from reconciler.daemon.status import DaemonStatus, read_status, write_status
+from reconciler.daemon.statusfile import DaemonStatus, read_status, write_status
 from reconciler.daemon.triggers import Backoff, TriggerQueue
 from reconciler.daemon.watch import Daemon
 from reconciler.errors import (
@@ -180,7 +180,7 @@ def test_read_status_absent_or_corrupt(tmp_path):
 
 
 def test_status_text_shows_daemon_section():
-    from reconciler.cli import status_text
+    from reconciler.render import status_text
 
     st = DaemonStatus(manifest_paths=["/m"], state_dir="/s")
     st.last_result = "failed"

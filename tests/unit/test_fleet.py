@@ -17,7 +17,7 @@ from reconciler.compile import compile_state
 from reconciler.errors import ManifestError
 from reconciler.manifest import load, parse_text
 from reconciler.objects import HostFacts, HostLink, HostState, Kind
-from reconciler.state import State
+from reconciler.statedir import State
 
 N = ia.ip_network
 A = ia.ip_address

@@ -10,7 +10,8 @@ import re
 import pytest
 
 from reconciler import engine
-from reconciler.cli import _result_text, build_parser, status_text
+from reconciler.cli import build_parser
+from reconciler.render import result_text, status_text
 from reconciler.manifest import load_texts
 from reconciler.model import dummy_parent_name
 from reconciler.objects import DummyLink, Endpoint, HostsFile, HOSTS_MARKER
@@ -160,4 +161,4 @@ def test_apply_summary_singulars():
         result = None
         rollback = None
         verify = None
-    assert "1 object pending on missing parents" in _result_text(Out())
+    assert "1 object pending on missing parents" in result_text(Out())

@@ -38,7 +38,7 @@ NEVER = (
     "jsonschema", "difflib",
     # the parts of the package that do I/O or serve other commands
     "reconciler.kernel", "reconciler.daemon.watch", "reconciler.daemon.metrics",
-    "reconciler.daemon.fswatch", "reconciler.daemon.nlmonitor", "reconciler.daemon.status",
+    "reconciler.daemon.fswatch", "reconciler.daemon.nlmonitor", "reconciler.daemon.statusfile",
     "reconciler.cluster.store", "reconciler.cluster.source", "reconciler.cluster.alloc",
     "reconciler.bird", "reconciler.birdctl", "reconciler.savedplan",
 )

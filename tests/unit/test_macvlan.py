@@ -9,7 +9,8 @@ import pytest
 from reconciler import fleet, ipam
 from reconciler.compile import compile_state
 from reconciler.kernel import netlink as nl
-from reconciler.kernel.handlers import endpoint_request_body, observe
+from reconciler.kernel.handlers import endpoint_request_body
+from reconciler.kernel.observe import translate
 from reconciler.kernel.host import NsView, Snapshot
 from reconciler.livestate import load_state_json, state_json
 from reconciler.manifest import parse_text
@@ -123,7 +124,7 @@ def test_observe_then_plan_of_a_converged_host_is_empty():
                                     MacvlanMode(ep.macvlan_mode).kernel, ep.mac or "aa:bb:cc:dd:ee:ff"))
             view.links[-1].disable_ipv6 = 1
         namespaces[ns] = view
-    live = observe(Snapshot(host=host, namespaces=namespaces, hosts_files={}))
+    live, _ = translate(Snapshot(host=host, namespaces=namespaces, hosts_files={}))
     for ep in (o for o in want if isinstance(o, Endpoint)):
         assert live.get(ep.key) == ep
     assert live.get(leg.key) == leg

@@ -13,6 +13,7 @@ import struct
 
 from reconciler.daemon.nlmonitor import NetlinkMonitor, NsMonitor
 from reconciler.kernel.host import HeldNs, Kernel, NsView, netns_cookie, same_namespace
+from reconciler.kernel.observe import take_snapshot
 
 
 def view(identity=(1, 2), cookie=7) -> NsView:
@@ -106,7 +107,7 @@ def test_snapshot_reuses_only_dumps_of_the_namespace_held_now(tmp_path):
     namespaces = {"a": 11, "b": 12, "c": 13}
     k = fake_kernel(tmp_path, namespaces)
     not_ours = lambda name, links: False  # noqa: E731 (links-only dumps may be reused)
-    first = k.snapshot(not_ours)
+    first = take_snapshot(k, not_ours)
     assert k.dumped == ["a", "b", "c"]
     assert [(v.identity, v.cookie) for v in first.namespaces.values()] == [
         (ident(k, n), namespaces[n]) for n in "abc"
@@ -115,7 +116,7 @@ def test_snapshot_reuses_only_dumps_of_the_namespace_held_now(tmp_path):
     vouch = lambda name, v: True  # noqa: E731
 
     k.dumped.clear()
-    second = k.snapshot(not_ours, previous=first, still_valid=vouch, held=holder.get)
+    second = take_snapshot(k, not_ours, previous=first, still_valid=vouch, held=holder.get)
     assert k.dumped == []
     assert all(second.namespaces[n] is first.namespaces[n] for n in "abc")
 
@@ -126,25 +127,25 @@ def test_snapshot_reuses_only_dumps_of_the_namespace_held_now(tmp_path):
     del holder["a"]
     holder["b"] = HeldNs(ident(k, "b"), 22, since=0.0)
     k.dumped.clear()
-    third = k.snapshot(not_ours, previous=second, still_valid=vouch, held=holder.get)
+    third = take_snapshot(k, not_ours, previous=second, still_valid=vouch, held=holder.get)
     assert k.dumped == ["a", "b"]
     assert third.namespaces["c"] is second.namespaces["c"]
     assert (third.namespaces["a"].cookie, third.namespaces["b"].cookie) == (21, 22)
 
     # without a holder (``held`` not given) or without cookies nothing is reused
     k.dumped.clear()
-    k.snapshot(not_ours, previous=third, still_valid=vouch)
+    take_snapshot(k, not_ours, previous=third, still_valid=vouch)
     assert k.dumped == ["a", "b", "c"]
     for v in third.namespaces.values():
         v.cookie = None
     k.dumped.clear()
-    k.snapshot(not_ours, previous=third, still_valid=vouch, held=lambda n: HeldNs(ident(k, n), None, 0.0))
+    take_snapshot(k, not_ours, previous=third, still_valid=vouch, held=lambda n: HeldNs(ident(k, n), None, 0.0))
     assert k.dumped == ["a", "b", "c"]
 
 
 def test_snapshot_redumps_an_entry_whose_inode_changed(tmp_path):
     k = fake_kernel(tmp_path, {"a": 11})
-    first = k.snapshot(lambda name, links: False)
+    first = take_snapshot(k, lambda name, links: False)
     os.unlink(k.ns_path("a"))
     keep = open(tmp_path / "other", "w")  # so the new file cannot get the old inode
     open(k.ns_path("a"), "w").close()
@@ -152,7 +153,7 @@ def test_snapshot_redumps_an_entry_whose_inode_changed(tmp_path):
     k.dumped.clear()
     # even a holder claiming the old identity and cookie: the stat shows another entry
     old = first.namespaces["a"]
-    k.snapshot(lambda name, links: False, previous=first, still_valid=lambda n, v: True,
+    take_snapshot(k, lambda name, links: False, previous=first, still_valid=lambda n, v: True,
                held=lambda n: HeldNs(old.identity, 11, 0.0))
     assert k.dumped == ["a"]
 

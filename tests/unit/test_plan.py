@@ -34,7 +34,7 @@ from reconciler.objects import (
 )
 from reconciler.plan import Op, Plan, make_plan
 from reconciler.render import plan_json, render_json, render_text
-from reconciler.state import State
+from reconciler.statedir import State
 
 N = ia.ip_network
 A = ia.ip_address

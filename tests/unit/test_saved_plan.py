@@ -10,13 +10,14 @@ import os
 import pytest
 
 import reconciler.kernel.apply as kapply
+import reconciler.kernel.observe as kobserve
 from reconciler import engine, savedplan
 from reconciler.cli import main
 from reconciler.errors import UserError
 from reconciler.kernel.apply import ApplyResult
 from reconciler.objects import Address, HostFacts, HostLink, HostState, Kind, Netns
 from reconciler.plan import Op
-from reconciler.state import State
+from reconciler.statedir import State
 
 MANIFEST = """\
 version: 1
@@ -69,7 +70,7 @@ class FakeKernel:
 @pytest.fixture
 def host(monkeypatch):
     h = FakeHost()
-    monkeypatch.setattr(engine, "observe_host", lambda kernel, intents=(), *a, **kw: (h.live(), None))
+    monkeypatch.setattr(kobserve, "observe", lambda kernel, intents=(), *a, **kw: kobserve.Observation(h.live(), None, {}))
     monkeypatch.setattr(kapply, "execute", h.execute)
     monkeypatch.setattr("reconciler.cli._kernel", lambda: FakeKernel())
     return h

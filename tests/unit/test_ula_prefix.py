@@ -17,7 +17,7 @@ from reconciler.livestate import load_state_json, state_json
 from reconciler.manifest import load_texts, parse_text
 from reconciler.objects import HostFacts, HostState
 from reconciler.render import render_json
-from reconciler.state import State, StateStore
+from reconciler.statedir import State, StateStore
 
 N = ia.ip_network
 
