@@ -178,9 +178,9 @@ def classify_message(mon: NsMonitor, data: bytes, pos: int, length: int, typ: in
         return f"{where}: link {rec.name} {'added' if old is None else 'changed'}"
     if typ in (RTM_NEWADDR, RTM_DELADDR):
         rec = decode_addr(data, body, end)
-        if is_link_local(rec.family, rec.address):
+        if is_link_local(rec.family, rec.packed):
             return None  # the kernel's own IPv6 link-local addresses: exactly what observe skips
-        key = (rec.index, rec.family, rec.address, rec.prefixlen)
+        key = (rec.index, rec.family, rec.packed, rec.prefixlen)
         dev = mon.link_names.get(rec.index, f"#{rec.index}")
         if typ == RTM_DELADDR:
             mon.addrs.discard(key)

@@ -69,7 +69,7 @@ def observe(snap: Snapshot, intents: Iterable[Key] = ()) -> HostState:
     by_index = host.link_by_index()
     addrs_by_index: Dict[int, list] = {}
     for a in host.addrs:
-        addrs_by_index.setdefault(a.index, []).append(ipaddress.ip_interface(f"{a.address}/{a.prefixlen}"))
+        addrs_by_index.setdefault(a.index, []).append(a.interface)
 
     links: Dict[str, HostLink] = {}
     access_links: Dict[int, str] = {}
@@ -244,10 +244,9 @@ def _observe_ns(
         ifname = names_by_index.get(a.index)
         if ifname is None:
             continue
-        if nl.is_link_local(a.family, a.address):  # fe80::/10, the kernel's own
+        if nl.is_link_local(a.family, a.packed):  # fe80::/10, the kernel's own
             continue
-        iface = ipaddress.ip_interface(f"{a.address}/{a.prefixlen}")
-        objs.append(Address(ns=name, ifname=ifname, address=iface))
+        objs.append(Address(ns=name, ifname=ifname, address=a.interface))
     for r in view.routes:
         if r.table != nl.RT_TABLE_MAIN or r.protocol != RTPROT:
             continue

@@ -292,7 +292,9 @@ def test_decode_addr_reads_what_pyroute2_encoded(cidr, scope, flags):
     assert (rec.index, rec.family, rec.address, rec.prefixlen, rec.flags, rec.scope) == (
         5, socket.AF_INET6 if iface.version == 6 else socket.AF_INET, str(iface.ip), iface.network.prefixlen,
         flags, scope)
-    assert nl.is_link_local(rec.family, rec.address) == (iface.version == 6 and iface.ip.is_link_local)
+    assert nl.is_link_local(rec.family, rec.packed) == (iface.version == 6 and iface.ip.is_link_local)
+    # observe's object, made from the bytes, is the one the text would have made
+    assert (type(rec.interface), rec.interface, str(rec.interface)) == (type(iface), iface, cidr)
 
 
 @pytest.mark.parametrize("dst,table,proto,scope,gateway,oif", [
