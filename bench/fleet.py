@@ -72,7 +72,7 @@ def pct(values: List[float], p: float) -> float:
 def in_netns(name: str, fn):
     """Run ``fn`` with this thread inside network namespace NAME (sockets made there stay
     there), then come back."""
-    from reconciler.kernel.netlink import setns
+    from reconciler.kernel.nsworker import setns
 
     home = os.open("/proc/self/ns/net", os.O_RDONLY)
     fd = os.open(f"/run/netns/{name}", os.O_RDONLY)

@@ -263,7 +263,8 @@ def teardown(es: EndState, work: str, state_dir: Optional[str] = None) -> None:
 # end-state snapshots (raw netlink dumps, normalised; independent of the planner)
 # =================================================================================================
 def snapshot(es: EndState) -> dict:
-    from reconciler.kernel.netlink import NetlinkSocket, WriteCounter, setns
+    from reconciler.kernel.netlink import NetlinkSocket, WriteCounter
+    from reconciler.kernel.nsworker import setns
 
     counter = WriteCounter()
     IFA_F_NODAD = 0x02
@@ -483,7 +484,8 @@ class NsAddrProbe:
     inside it once; each probe is one dump)."""
 
     def __init__(self, ns: str, ifname: str = "eth0"):
-        from reconciler.kernel.netlink import NetlinkSocket, WriteCounter, setns
+        from reconciler.kernel.netlink import NetlinkSocket, WriteCounter
+        from reconciler.kernel.nsworker import setns
 
         home = os.open("/proc/self/ns/net", os.O_RDONLY)
         fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)

@@ -39,36 +39,45 @@ until the next resync -- harmless, as only dumps of a namespace held here
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import select
 import socket
-import struct
 import threading
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from ..kernel.host import HeldNs, netns_identity, socket_netns
+from ..kernel.netlink import (
+    IFF_UP,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSGHDR,
+    RT_TABLE_MAIN,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELROUTE,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_IPV6_ROUTE,
+    RTMGRP_LINK,
+    RTPROT_BIRD,
+    align,
+    decode_addr,
+    decode_link,
+    decode_route,
+    dump_request,
+    is_link_local,
+)
+from ..objects import RTPROT
 from . import logs
 
-# rtnetlink multicast groups (RTNLGRP_*) as bind() bitmask bits (1 << (group - 1))
-RTMGRP_LINK = 0x1
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV4_ROUTE = 0x40
-RTMGRP_IPV6_IFADDR = 0x100
-RTMGRP_IPV6_ROUTE = 0x400
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
-
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-RT_TABLE_MAIN = 254
-RTPROT = 149  # objects.RTPROT: our routes
-RTPROT_BIRD = 12  # rtm_protocol of the routes BIRD installs
-IFF_UP = 1
-_HDR = struct.Struct("=IHHII")
 NAMES = {
     RTM_NEWLINK: "link added/changed",
     RTM_DELLINK: "link deleted",
@@ -80,10 +89,6 @@ NAMES = {
 
 HOST = ""  # key of the host namespace's socket
 FULL_SCAN_EVERY = 10  # /run/netns polls: stat every entry at least this often
-
-
-def _align(n: int) -> int:
-    return (n + 3) & ~3
 
 
 def _readable(fds, timeout: float):
@@ -153,8 +158,6 @@ def link_state(rec) -> tuple:
 
 def classify_message(mon: NsMonitor, data: bytes, pos: int, length: int, typ: int) -> Optional[str]:
     """Update ``mon``'s caches with one notification; the detail to report if it matters."""
-    from ..kernel.netlink import decode_addr, decode_link, decode_route
-
     end = pos + length
     body = pos + 16
     where = mon.label
@@ -175,9 +178,9 @@ def classify_message(mon: NsMonitor, data: bytes, pos: int, length: int, typ: in
         return f"{where}: link {rec.name} {'added' if old is None else 'changed'}"
     if typ in (RTM_NEWADDR, RTM_DELADDR):
         rec = decode_addr(data, body, end)
-        if rec.family == socket.AF_INET6 and rec.address and ipaddress.ip_address(rec.address).is_link_local:
+        if is_link_local(rec.family, rec.packed):
             return None  # the kernel's own IPv6 link-local addresses: exactly what observe skips
-        key = (rec.index, rec.family, rec.address, rec.prefixlen)
+        key = (rec.index, rec.family, rec.packed, rec.prefixlen)
         dev = mon.link_names.get(rec.index, f"#{rec.index}")
         if typ == RTM_DELADDR:
             mon.addrs.discard(key)
@@ -194,8 +197,8 @@ def classify_message(mon: NsMonitor, data: bytes, pos: int, length: int, typ: in
             return None
         if rec.table != RT_TABLE_MAIN and not (mon.name == HOST and rec.protocol == RTPROT):
             return None  # (ours outside main: the BGP export table, SPEC 5.2)
-        if rec.family == socket.AF_INET6 and rec.dst_len == 64 and (rec.dst or "").startswith("fe80:"):
-            return None
+        if rec.dst_len == 64 and is_link_local(rec.family, rec.dst):
+            return None  # the kernel's fe80::/64 route of every IPv6 link
         dst = f"{rec.dst}/{rec.dst_len}" if rec.dst and rec.dst_len else "default"
         return f"{where}: route {dst} {'deleted' if typ == RTM_DELROUTE else 'added'}"
     return None
@@ -203,11 +206,7 @@ def classify_message(mon: NsMonitor, data: bytes, pos: int, length: int, typ: in
 
 def seed_request(mon: NsMonitor, msg_type: int) -> bytes:
     mon.dump_seq += 1
-    if msg_type == RTM_GETLINK:
-        body = struct.pack("=BxHiII", 0, 0, 0, 0, 0)
-    else:
-        body = struct.pack("=BBBBI", 0, 0, 0, 0, 0)
-    return _HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, mon.dump_seq, 0) + body
+    return dump_request(msg_type, mon.dump_seq)
 
 
 class NetlinkMonitor:
@@ -361,7 +360,7 @@ class NetlinkMonitor:
                 break
             pos, n = 0, len(data)
             while pos + 16 <= n:
-                length, typ, _flags, seq, pid = _HDR.unpack_from(data, pos)
+                length, typ, _flags, seq, pid = NLMSGHDR.unpack_from(data, pos)
                 if length < 16:
                     break
                 is_dump = pid == m.portid and seq == m.dump_seq and m.dump_seq != 0
@@ -373,7 +372,7 @@ class NetlinkMonitor:
                     if detail is not None and not is_dump:
                         count += 1
                         first = first or detail
-                pos += _align(length)
+                pos += align(length)
             if seeding and done:
                 break
         if count:

@@ -202,16 +202,7 @@ class AccessLinkHandler(Handler):
 
     def _addr(self, msg_type: int, flags: int, index: int, cidr: str) -> bytearray:
         iface = ipaddress.ip_interface(cidr)
-        fam = _fam(iface.version)
-        fl = nl.IFA_F_NODAD if iface.version == 6 else 0
-        body = (
-            nl.ifaddr(fam, iface.network.prefixlen, index, flags=fl)
-            + nl.attr_ip(nl.IFA_LOCAL, fam, str(iface.ip))
-            + nl.attr_ip(nl.IFA_ADDRESS, fam, str(iface.ip))
-        )
-        if fl:
-            body += nl.attr_u32(nl.IFA_FLAGS, fl)
-        return nl.request(msg_type, flags, body)
+        return nl.addr_request(msg_type, flags, index, _fam(iface.version), iface.ip.packed, iface.network.prefixlen)
 
     def create(self, ctx: "Ctx", obj: AccessLink, phase: int = 0) -> None:
         index = max(ctx.host_links.values(), default=1) + 1
@@ -255,15 +246,11 @@ class AccessRouteHandler(Handler):
 
     def _req(self, ctx: "Ctx", obj: AccessRoute, msg_type: int, flags: int) -> Optional[bytearray]:
         index = ctx.host_links.get(obj.ifname)
-        fam = _fam(obj.family)
-        scope = nl.RT_SCOPE_LINK if obj.family == 4 else nl.RT_SCOPE_UNIVERSE
-        body = nl.rtm(fam, obj.dst.prefixlen, nl.RT_TABLE_MAIN, RTPROT, scope)
-        body += nl.attr_ip(nl.RTA_DST, fam, str(obj.dst.network_address))
-        if index is not None:
-            body += nl.attr_u32(nl.RTA_OIF, index)
-        elif msg_type == nl.RTM_NEWROUTE:
+        if index is None and msg_type == nl.RTM_NEWROUTE:
             raise KernelError("find link", obj.ifname, errno.ENODEV)
-        return nl.request(msg_type, flags, body)
+        scope = nl.RT_SCOPE_LINK if obj.family == 4 else nl.RT_SCOPE_UNIVERSE
+        return nl.route_request(msg_type, flags, _fam(obj.family), obj.dst.network_address.packed, obj.dst.prefixlen,
+                                RTPROT, scope, oif=index)
 
     def create(self, ctx: "Ctx", obj: AccessRoute, phase: int = 0) -> None:
         ctx.queue(ctx.kernel.host, phase, self._req(ctx, obj, nl.RTM_NEWROUTE, nl.NLM_F_CREATE | nl.NLM_F_REPLACE),
@@ -297,17 +284,8 @@ class AddressHandler(Handler):
         index = ctx.ifindex(obj.ns, obj.ifname)
         if index is None:
             return None
-        fam = _fam(obj.address.version)
-        ip = str(obj.address.ip)
-        fl = nl.IFA_F_NODAD if obj.address.version == 6 else 0
-        body = (
-            nl.ifaddr(fam, obj.address.network.prefixlen, index, flags=fl)
-            + nl.attr_ip(nl.IFA_LOCAL, fam, ip)
-            + nl.attr_ip(nl.IFA_ADDRESS, fam, ip)
-        )
-        if fl:
-            body += nl.attr_u32(nl.IFA_FLAGS, fl)
-        return nl.request(msg_type, flags, body)
+        a = obj.address
+        return nl.addr_request(msg_type, flags, index, _fam(a.version), a.ip.packed, a.network.prefixlen)
 
     def create(self, ctx: "Ctx", obj: Address, phase: int = 0) -> None:
         req = self._req(ctx, obj, nl.RTM_NEWADDR, nl.NLM_F_CREATE | nl.NLM_F_EXCL)
@@ -328,18 +306,12 @@ class RouteHandler(Handler):
 
     def _req(self, ctx: "Ctx", obj: Route, msg_type: int, flags: int) -> Optional[bytearray]:
         index = ctx.ifindex(obj.ns, obj.ifname)
-        fam = _fam(obj.family)
-        scope = nl.RT_SCOPE_LINK if (obj.gateway is None and obj.family == 4) else nl.RT_SCOPE_UNIVERSE
-        body = nl.rtm(fam, obj.dst.prefixlen, nl.RT_TABLE_MAIN, RTPROT, scope)
-        if obj.dst.prefixlen:
-            body += nl.attr_ip(nl.RTA_DST, fam, str(obj.dst.network_address))
-        if obj.gateway is not None:
-            body += nl.attr_ip(nl.RTA_GATEWAY, fam, str(obj.gateway))
-        if index is not None:
-            body += nl.attr_u32(nl.RTA_OIF, index)
-        elif msg_type == nl.RTM_NEWROUTE:
+        if index is None and msg_type == nl.RTM_NEWROUTE:
             return None
-        return nl.request(msg_type, flags, body)
+        scope = nl.RT_SCOPE_LINK if (obj.gateway is None and obj.family == 4) else nl.RT_SCOPE_UNIVERSE
+        gateway = obj.gateway.packed if obj.gateway is not None else None
+        return nl.route_request(msg_type, flags, _fam(obj.family), obj.dst.network_address.packed, obj.dst.prefixlen,
+                                RTPROT, scope, gateway=gateway, oif=index)
 
     def create(self, ctx: "Ctx", obj: Route, phase: int = 0) -> None:
         # REPLACE, not EXCL: the plan may re-create a route the kernel flushed with the
@@ -362,14 +334,9 @@ class ExportHandler(Handler):
     kind = Kind.EXPORT
 
     def _req(self, ctx: "Ctx", obj: ExportRoute, msg_type: int, flags: int) -> bytearray:
-        fam = _fam(obj.family)
-        table = obj.table if obj.table < 256 else 0  # RT_TABLE_UNSPEC: RTA_TABLE says which
-        body = nl.rtm(fam, obj.dst.prefixlen, table, RTPROT, nl.RT_SCOPE_LINK)
-        body += nl.attr_ip(nl.RTA_DST, fam, str(obj.dst.network_address))
-        body += nl.attr_u32(nl.RTA_TABLE, obj.table)
-        if msg_type == nl.RTM_NEWROUTE:
-            body += nl.attr_u32(nl.RTA_OIF, ctx.host_index(obj.dev))
-        return nl.request(msg_type, flags, body)
+        oif = ctx.host_index(obj.dev) if msg_type == nl.RTM_NEWROUTE else None
+        return nl.route_request(msg_type, flags, _fam(obj.family), obj.dst.network_address.packed, obj.dst.prefixlen,
+                                RTPROT, nl.RT_SCOPE_LINK, table=obj.table, oif=oif)
 
     def create(self, ctx: "Ctx", obj: ExportRoute, phase: int = 0) -> None:
         # REPLACE: a route of ours to the same address (another parent) is taken over

@@ -14,20 +14,8 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 from ..atomicfile import write_atomic
 from ..errors import KernelError
 from ..objects import HOSTS_MARKER
-from .netlink import (
-    MNT_DETACH,
-    MS_BIND,
-    MS_REC,
-    MS_SHARED,
-    AddrRec,
-    LinkRec,
-    NetlinkSocket,
-    NsWorker,
-    RouteRec,
-    WriteCounter,
-    mount,
-    umount2,
-)
+from .netlink import AddrRec, LinkRec, NetlinkSocket, RouteRec, WriteCounter
+from .nsworker import MNT_DETACH, MS_BIND, MS_REC, MS_SHARED, NsWorker, mount, umount2
 
 NETNS_DIR = "/run/netns"
 ETC_NETNS = "/etc/netns"
@@ -259,7 +247,7 @@ class Kernel:
         paths = [(n, self.ns_path(n)) for n in names]
 
         def job():
-            from .netlink import setns
+            from .nsworker import setns
 
             out: Dict[str, object] = {}
             home = self.worker.home_fd

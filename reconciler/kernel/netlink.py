@@ -1,28 +1,33 @@
-"""Netlink transport: sockets per namespace, pipelined requests, fast dump decoding.
+"""The netlink codec, and the socket that speaks it.
 
-Requests are encoded with pyroute2's message classes (``ifinfmsg``,
-``ifaddrmsg``, ``rtmsg``; ``linkkinds`` adds IFLA_IPVLAN_FLAGS). Dumps are
-decoded here with ``struct``, reading only the attributes the reconciler
-needs: decoding a thousand namespaces' dumps with pyroute2's generic parser
-costs more than the rest of a no-op run.
+One module for everything rtnetlink the reconciler puts on the wire or reads
+off it: the uapi constants and struct layouts, decoding dumps and
+notifications into records (``LinkRec``, ``AddrRec``, ``RouteRec``, reading
+only the attributes the reconciler needs), encoding requests
+(``link_request``-style builders from ``ifinfo``/``ifaddr``/``rtm`` and
+attributes), dump requests (``dump_request``) and ``is_link_local``. Observe,
+apply (``handlers``) and the daemon's monitor all use it; nothing else packs
+or parses netlink.
 
-Namespaces: a socket belongs to the network namespace of the thread that
-created it, so a single helper thread ``setns()``-es into a namespace,
-creates the socket (or the namespace itself, or writes a sysctl) and returns
-home. No process is forked per namespace (``pyroute2.netns`` and
-``IPRoute(netns=...)`` fork one per call).
+Hand-written with ``struct``, not pyroute2's message classes: pyroute2 costs
+~30 us to encode one message and ~1.9 ms to decode one small namespace's dump
+(docs/ARCHITECTURE.md, Libraries, has the numbers), more than the kernel's own
+work at a thousand namespaces. pyroute2 is this codec's *oracle* instead: the
+tests decode the same real dumps with both and parse every request kind we
+encode back with pyroute2 (tests/unit/test_codec_oracle.py,
+tests/kernel/test_codec_oracle.py). It is a test dependency, not a runtime one.
+
+Entering namespaces (the worker thread, setns) is ``reconciler.kernel.nsworker``.
 """
 from __future__ import annotations
 
-import ctypes
 import errno as errno_mod
-import os
+import ipaddress
 import socket
 import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import Bug, KernelError
 
@@ -60,20 +65,28 @@ RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+RTPROT_BIRD = 12  # rtm_protocol of the routes BIRD installs
 
-CLONE_NEWNET = 0x40000000
-MS_BIND, MS_REC, MS_SHARED = 4096, 16384, 1 << 20
-MNT_DETACH = 2
+# rtnetlink multicast groups (RTNLGRP_*) as bind() bitmask bits (1 << (group - 1))
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
 
-_HDR = struct.Struct("=IHHII")
+NLMSGHDR = _HDR = struct.Struct("=IHHII")  # struct nlmsghdr: len, type, flags, seq, pid
 _IFI = struct.Struct("=BxHiII")
 _IFA = struct.Struct("=BBBBI")
 _RTM = struct.Struct("=BBBBBBBBI")
 _RTA = struct.Struct("=HH")
 
 
-def _align(n: int) -> int:
+def align(n: int) -> int:
+    """NLMSG_ALIGN / RTA_ALIGN: messages and attributes start on 4-byte boundaries."""
     return (n + 3) & ~3
+
+
+_align = align
 
 
 def parse_attrs(data: bytes, start: int, end: int) -> Dict[int, bytes]:
@@ -130,9 +143,20 @@ class AddrRec:
     index: int
     family: int
     prefixlen: int
-    address: str
+    packed: bytes  # IFA_LOCAL (else IFA_ADDRESS) as the kernel sent it: 4 or 16 bytes
     flags: int
     scope: int
+
+    @property
+    def address(self) -> str:
+        """The address as text (for messages; observe builds ``interface`` from the bytes)."""
+        return socket.inet_ntop(self.family, self.packed) if self.packed else ""
+
+    @property
+    def interface(self) -> Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]:
+        """address/prefixlen, made from the integer: ipaddress's own text parser costs ~10x."""
+        cls = ipaddress.IPv4Interface if self.family == socket.AF_INET else ipaddress.IPv6Interface
+        return cls((int.from_bytes(self.packed, "big"), self.prefixlen))
 
 
 @dataclass
@@ -195,7 +219,7 @@ def decode_addr(data: bytes, pos: int, end: int) -> AddrRec:
         index=index,
         family=family,
         prefixlen=prefixlen,
-        address=socket.inet_ntop(family, raw) if raw else "",
+        packed=raw,
         flags=fl if fl is not None else flags,
         scope=scope,
     )
@@ -220,34 +244,124 @@ def decode_route(data: bytes, pos: int, end: int) -> RouteRec:
     )
 
 
-# --- libc ------------------------------------------------------------------------------------
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+Address = Union[bytes, str]  # packed (ipaddress's .packed), or text
 
 
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
+def _packed(family: int, address: Address) -> bytes:
+    return address if isinstance(address, bytes) else socket.inet_pton(family, address)
 
 
-def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
-    _check(_libc.setns(fd, nstype), "setns")
+def is_link_local(family: int, address: Optional[Address]) -> bool:
+    """An IPv6 link-local address (fe80::/10): the kernel's own, one per link, which observe
+    skips and the monitor ignores. IPv4 169.254/16 addresses are not: observe reads those."""
+    if family != socket.AF_INET6 or not address:
+        return False
+    raw = _packed(family, address)
+    return raw[0] == 0xFE and raw[1] & 0xC0 == 0x80
 
 
-def unshare(flags: int) -> None:
-    _check(_libc.unshare(flags), "unshare")
+# --- encoding ------------------------------------------------------------------------------
+# Layouts are the uapi structs above; every request kind is parsed back by pyroute2 in
+# tests/unit/test_codec_oracle.py.
+def _attr(typ: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return _RTA.pack(length, typ) + payload + b"\0" * (_align(length) - length)
 
 
-def mount(src: str, target: str, fstype: str, flags: int) -> None:
-    _check(_libc.mount(src.encode(), target.encode(), fstype.encode(), flags, None), f"mount {target}")
+def attr_u32(typ: int, value: int) -> bytes:
+    return _attr(typ, struct.pack("=I", value))
 
 
-def umount2(target: str, flags: int) -> None:
-    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+def attr_u16(typ: int, value: int) -> bytes:
+    return _attr(typ, struct.pack("=H", value))
+
+
+def attr_str(typ: int, value: str) -> bytes:
+    return _attr(typ, value.encode() + b"\0")
+
+
+def attr_mac(typ: int, mac: str) -> bytes:
+    return _attr(typ, bytes.fromhex(mac.replace(":", "")))
+
+
+def attr_ip(typ: int, family: int, address: Address) -> bytes:
+    return _attr(typ, _packed(family, address))
+
+
+def nested(typ: int, *attrs: bytes) -> bytes:
+    return _attr(typ, b"".join(attrs))
+
+
+def request(msg_type: int, flags: int, body: bytes) -> bytearray:
+    """A request the kernel ACKs (its sequence number is set when it is sent)."""
+    buf = bytearray(_HDR.pack(_HDR.size + len(body), msg_type, flags | NLM_F_REQUEST | NLM_F_ACK, 0, 0))
+    buf += body
+    return buf
+
+
+def ifinfo(index: int = 0, flags: int = 0, change: int = 0, family: int = 0) -> bytes:
+    return _IFI.pack(family, 0, index, flags, change)
+
+
+def ifaddr(family: int, prefixlen: int, index: int, flags: int = 0, scope: int = 0) -> bytes:
+    return _IFA.pack(family, prefixlen, flags & 0xFF, scope, index)
+
+
+def rtm(family: int, dst_len: int, table: int, protocol: int, scope: int, rtype: int = RTN_UNICAST) -> bytes:
+    return _RTM.pack(family, dst_len, 0, 0, table, protocol, scope, rtype, 0)
+
+
+def addr_request(msg_type: int, flags: int, index: int, family: int, address: Address, prefixlen: int) -> bytearray:
+    """RTM_NEWADDR/RTM_DELADDR of one address (IFA_LOCAL = IFA_ADDRESS: no peer); IPv6 ones
+    with IFA_F_NODAD (the reconciler's addresses are unique by construction)."""
+    raw = _packed(family, address)
+    fl = IFA_F_NODAD if family == socket.AF_INET6 else 0
+    body = ifaddr(family, prefixlen, index, flags=fl) + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw)
+    if fl:
+        body += attr_u32(IFA_FLAGS, fl)
+    return request(msg_type, flags, body)
+
+
+def route_request(
+    msg_type: int,
+    flags: int,
+    family: int,
+    dst: Optional[Address],
+    dst_len: int,
+    protocol: int,
+    scope: int,
+    table: int = RT_TABLE_MAIN,
+    gateway: Optional[Address] = None,
+    oif: Optional[int] = None,
+) -> bytearray:
+    """RTM_NEWROUTE/RTM_DELROUTE of one unicast route. A table above 255 goes in RTA_TABLE
+    (rtm_table is a byte: RT_TABLE_UNSPEC there); other tables than main go in both."""
+    body = rtm(family, dst_len, table if table < 256 else 0, protocol, scope)
+    if dst is not None and dst_len:
+        body += attr_ip(RTA_DST, family, dst)
+    if table != RT_TABLE_MAIN:
+        body += attr_u32(RTA_TABLE, table)
+    if gateway is not None:
+        body += attr_ip(RTA_GATEWAY, family, gateway)
+    if oif is not None:
+        body += attr_u32(RTA_OIF, oif)
+    return request(msg_type, flags, body)
+
+
+def dump_request(msg_type: int, seq: int, table: int = 0, protocol: int = 0) -> bytes:
+    """An RTM_GETLINK, RTM_GETADDR or RTM_GETROUTE dump of every family. Links without
+    statistics (IFLA_EXT_MASK); routes of ``table``/``protocol`` when not 0 -- applied by the
+    kernel only on a socket with NETLINK_GET_STRICT_CHK (and a table below 256), so a
+    reader filters the records too."""
+    if msg_type == RTM_GETLINK:
+        body = ifinfo() + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+    elif msg_type == RTM_GETADDR:
+        body = ifaddr(0, 0, 0)
+    elif msg_type == RTM_GETROUTE:
+        body = _RTM.pack(0, 0, 0, 0, table if table < 256 else 0, protocol, 0, 0, 0)
+    else:
+        raise Bug(f"netlink: no dump request for message type {msg_type}")
+    return _HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
 # --- sockets -------------------------------------------------------------------------------------
@@ -305,10 +419,9 @@ class NetlinkSocket:
         return self.seq
 
     # dumps ------------------------------------------------------------------------------------
-    def dump(self, msg_type: int, body: bytes, decode: Callable, want_type: int) -> list:
+    def dump(self, msg_type: int, decode: Callable, want_type: int, table: int = 0, protocol: int = 0) -> list:
         seq = self.next_seq()
-        hdr = _HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-        self.sock.send(hdr + body)
+        self.sock.send(dump_request(msg_type, seq, table, protocol))
         out = []
         while True:
             data = self.sock.recv(1 << 20)
@@ -324,26 +437,26 @@ class NetlinkSocket:
                     if typ == NLMSG_ERROR:
                         err = -struct.unpack_from("=i", data, pos + 16)[0]
                         if err == errno_mod.EINTR:  # dump interrupted by a change: retry
-                            return self.dump(msg_type, body, decode, want_type)
+                            return self.dump(msg_type, decode, want_type, table, protocol)
                         raise KernelError("dump", self.label, err)
                     if typ == want_type:
                         out.append(decode(data, pos + 16, pos + length))
                 pos += _align(length)
 
     def dump_links(self) -> List[LinkRec]:
-        body = _IFI.pack(0, 0, 0, 0, 0) + _attr(IFLA_EXT_MASK, struct.pack("=I", RTEXT_FILTER_SKIP_STATS))
-        return self.dump(RTM_GETLINK, body, decode_link, RTM_NEWLINK)
+        return self.dump(RTM_GETLINK, decode_link, RTM_NEWLINK)
 
     def dump_addrs(self) -> List[AddrRec]:
-        return self.dump(RTM_GETADDR, _IFA.pack(0, 0, 0, 0, 0), decode_addr, RTM_NEWADDR)
+        return self.dump(RTM_GETADDR, decode_addr, RTM_NEWADDR)
 
     def dump_routes(self, table: int = 0, protocol: int = 0) -> List[RouteRec]:
         """Routes of every family; only those of ``table`` and ``protocol`` when not 0. The
         kernel filters (one namespace's main-table routes of ours are a few of a dozen, the
         rest being local-table and IPv6 kernel routes), so less is decoded here."""
-        kernel_table = table if self.strict and table < 256 else 0  # rtm_table is a byte
-        body = _RTM.pack(0, 0, 0, 0, kernel_table, protocol if self.strict else 0, 0, 0, 0)
-        routes = self.dump(RTM_GETROUTE, body, decode_route, RTM_NEWROUTE)
+        if self.strict:
+            routes = self.dump(RTM_GETROUTE, decode_route, RTM_NEWROUTE, table, protocol)
+        else:
+            routes = self.dump(RTM_GETROUTE, decode_route, RTM_NEWROUTE)
         if table or protocol:  # tables above 255 and kernels without strict checking
             routes = [r for r in routes if (not table or r.table == table) and (not protocol or r.protocol == protocol)]
         return routes
@@ -406,106 +519,3 @@ class WriteCounter:
             self.count += n
 
 
-def _attr(typ: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return _RTA.pack(length, typ) + payload + b"\0" * (_align(length) - length)
-
-
-# --- the namespace worker ------------------------------------------------------------------------
-class NsWorker:
-    """One thread that enters namespaces on our behalf and always returns home."""
-
-    def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netns")
-        self.home_fd: Optional[int] = None
-        self.pool.submit(self._init).result()
-
-    def _init(self) -> None:
-        self.home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-
-    def run_in(self, ns_path: str, fn: Callable[[], object]) -> object:
-        return self.pool.submit(self._run_in, ns_path, fn).result()
-
-    def _run_in(self, ns_path: str, fn: Callable[[], object]) -> object:
-        fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            setns(fd)
-        finally:
-            os.close(fd)
-        try:
-            return fn()
-        finally:
-            self._go_home()
-
-    def run_new(self, fn: Callable[[], object]) -> object:
-        """Unshare a fresh network namespace for this thread, run fn there, return home."""
-        return self.pool.submit(self._run_new, fn).result()
-
-    def _run_new(self, fn: Callable[[], object]) -> object:
-        unshare(CLONE_NEWNET)
-        try:
-            return fn()
-        finally:
-            self._go_home()
-
-    def _go_home(self) -> None:
-        assert self.home_fd is not None
-        try:
-            setns(self.home_fd)
-        except OSError as e:  # the worker would act in the wrong namespace: stop everything
-            raise Bug(f"cannot return the namespace worker to the host namespace: {e}")
-
-    def close(self) -> None:
-        if self.home_fd is not None:
-            fd = self.home_fd
-            self.pool.submit(os.close, fd).result()
-            self.home_fd = None
-        self.pool.shutdown(wait=True)
-
-
-# --- request encoders ------------------------------------------------------------------------
-# Built with struct rather than pyroute2's message classes: pyroute2 spends ~70 us encoding
-# one message (measured on this project's CI machine), which at thousands of requests per
-# converge costs more than the kernel's own work. The layouts are the uapi structs above.
-
-
-def attr_u32(typ: int, value: int) -> bytes:
-    return _attr(typ, struct.pack("=I", value))
-
-
-def attr_u16(typ: int, value: int) -> bytes:
-    return _attr(typ, struct.pack("=H", value))
-
-
-def attr_str(typ: int, value: str) -> bytes:
-    return _attr(typ, value.encode() + b"\0")
-
-
-def attr_mac(typ: int, mac: str) -> bytes:
-    return _attr(typ, bytes.fromhex(mac.replace(":", "")))
-
-
-def attr_ip(typ: int, family: int, address: str) -> bytes:
-    return _attr(typ, socket.inet_pton(family, address))
-
-
-def nested(typ: int, *attrs: bytes) -> bytes:
-    return _attr(typ, b"".join(attrs))
-
-
-def request(msg_type: int, flags: int, body: bytes) -> bytearray:
-    buf = bytearray(_HDR.pack(_HDR.size + len(body), msg_type, flags | NLM_F_REQUEST | NLM_F_ACK, 0, 0))
-    buf += body
-    return buf
-
-
-def ifinfo(index: int = 0, flags: int = 0, change: int = 0, family: int = 0) -> bytes:
-    return _IFI.pack(family, 0, index, flags, change)
-
-
-def ifaddr(family: int, prefixlen: int, index: int, flags: int = 0, scope: int = 0) -> bytes:
-    return _IFA.pack(family, prefixlen, flags & 0xFF, scope, index)
-
-
-def rtm(family: int, dst_len: int, table: int, protocol: int, scope: int, rtype: int = RTN_UNICAST) -> bytes:
-    return _RTM.pack(family, dst_len, 0, 0, table, protocol, scope, rtype, 0)

@@ -51,6 +51,10 @@ from .host import Held, Kernel, NsView, Snapshot, StillValid, netns_identity, re
 from .netlink import RT_TABLE_MAIN, LinkRec, RouteRec
 
 
+def _fam(version: int) -> int:
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
 class NsObjects(NamedTuple):
     """What :func:`translate` made of one namespace's dump."""
 
@@ -193,7 +197,7 @@ def translate(
     by_index = host.link_by_index()
     addrs_by_index: Dict[int, list] = {}
     for a in host.addrs:
-        addrs_by_index.setdefault(a.index, []).append(ipaddress.ip_interface(f"{a.address}/{a.prefixlen}"))
+        addrs_by_index.setdefault(a.index, []).append(a.interface)
 
     links: Dict[str, HostLink] = {}
     access_links: Dict[int, str] = {}
@@ -297,7 +301,7 @@ def _access_link(l: LinkRec, lower: Optional[str], addrs) -> AccessLink:
         flag=Flag.from_kernel(l.ipvlan_flags or 0) if l.kind == "ipvlan" else Flag.BRIDGE,
         macvlan_mode=mmode,
         mac=mac,
-        addresses=tuple(sorted(str(a) for a in addrs if not (a.version == 6 and a.ip.is_link_local))),
+        addresses=tuple(sorted(str(a) for a in addrs if not nl.is_link_local(_fam(a.version), a.ip.packed))),
         up=l.up,
         marked=l.alias.startswith(ACCESS_MARKER),
     )
@@ -369,10 +373,9 @@ def _observe_ns(
         ifname = names_by_index.get(a.index)
         if ifname is None:
             continue
-        iface = ipaddress.ip_interface(f"{a.address}/{a.prefixlen}")
-        if iface.version == 6 and iface.ip.is_link_local:  # fe80::/10, the kernel's own
+        if nl.is_link_local(a.family, a.packed):  # fe80::/10, the kernel's own
             continue
-        objs.append(Address(ns=name, ifname=ifname, address=iface))
+        objs.append(Address(ns=name, ifname=ifname, address=a.interface))
     for r in view.routes:
         if r.table != nl.RT_TABLE_MAIN or r.protocol != RTPROT:
             continue

@@ -33,7 +33,8 @@ import pytest
 from enginekit import Reconciler, addrs, sh
 
 from reconciler import cli
-from reconciler.kernel.netlink import NetlinkSocket, WriteCounter, setns
+from reconciler.kernel.netlink import NetlinkSocket, WriteCounter
+from reconciler.kernel.nsworker import setns
 
 TRIALS = int(os.environ.get("FAULT_TRIALS", "50"))
 SEED = int(os.environ.get("FAULT_SEED", str(int(time.time()))))

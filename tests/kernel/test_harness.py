@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 # Registers the extended ipvlan link kind (IFLA_IPVLAN_FLAGS); must come before pyroute2 use.
-from reconciler.kernel import linkkinds  # noqa: E402  isort: skip
+import pyroute2_oracle as linkkinds  # noqa: E402  isort: skip  (tests/, on pytest's pythonpath)
 from pyroute2 import IPRoute  # noqa: E402
 
 MODES = linkkinds.IPVLAN_MODE  # l2=0 l3=1 l3s=2

@@ -186,8 +186,8 @@ class FakeKernel:
         self.tables_asked.append(tuple(tables))
         host = NsView("", full=True)
         host.links = [LinkRec(index=2, name="eth0", flags=1), LinkRec(index=3, name="eth1", flags=1)]
-        host.addrs = [AddrRec(2, socket.AF_INET, 24, "192.168.1.11", 0, 0),
-                      AddrRec(3, socket.AF_INET, 24, "172.16.0.1", 0, 0)]
+        host.addrs = [AddrRec(2, socket.AF_INET, 24, socket.inet_aton("192.168.1.11"), 0, 0),
+                      AddrRec(3, socket.AF_INET, 24, socket.inet_aton("172.16.0.1"), 0, 0)]
         return Snapshot(host=host, namespaces={}, hosts_files={},
                         exports=[r for r in self.exports if r.table in tables])
 

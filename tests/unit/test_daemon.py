@@ -944,40 +944,25 @@ class _FakeSock:
         pass
 
 
-def _nlmsg(msg_type, body):
-    import struct
-
-    return struct.pack("=IHHII", 16 + len(body), msg_type, 0, 0, 0) + body
-
-
+# the kernel's notifications as pyroute2 writes them (tests/pyroute2_oracle.py), so the
+# monitor's decoding is checked against pyroute2's encoder, not against our own
 def _link(msg_type, index, name, up=True, alias="", operstate_noise=0, family=0):
-    from reconciler.kernel import netlink as nl
+    from pyroute2_oracle import pyroute2_link
 
     flags = (1 if up else 0) | (0x10000 if operstate_noise else 0)  # IFF_LOWER_UP: noise
-    body = nl.ifinfo(index=index, flags=flags, family=family) + nl.attr_str(nl.IFLA_IFNAME, name)
-    if alias:
-        body += nl.attr_str(nl.IFLA_IFALIAS, alias)
-    return _nlmsg(msg_type, body)
+    return pyroute2_link(msg_type, index, name, flags=flags, family=family, **({"alias": alias} if alias else {}))
 
 
 def _addr(msg_type, index, address, prefixlen, scope=0):
-    import socket as s
+    from pyroute2_oracle import pyroute2_addr
 
-    from reconciler.kernel import netlink as nl
-
-    fam = s.AF_INET6 if ":" in address else s.AF_INET
-    body = nl.ifaddr(fam, prefixlen, index, scope=scope) + nl.attr_ip(nl.IFA_LOCAL, fam, address)
-    return _nlmsg(msg_type, body)
+    return pyroute2_addr(msg_type, index, f"{address}/{prefixlen}", scope=scope)
 
 
-def _route(msg_type, dst, dst_len, table=254):
-    import socket as s
+def _route(msg_type, dst, dst_len, table=254, proto=149):
+    from pyroute2_oracle import pyroute2_route
 
-    from reconciler.kernel import netlink as nl
-
-    fam = s.AF_INET6 if ":" in dst else s.AF_INET
-    body = nl.rtm(fam, dst_len, table, 149, 0) + nl.attr_ip(nl.RTA_DST, fam, dst)
-    return _nlmsg(msg_type, body)
+    return pyroute2_route(msg_type, f"{dst}/{dst_len}", table=table, proto=proto)
 
 
 def test_netlink_monitor_reports_changes_and_ignores_kernel_noise():
@@ -1027,9 +1012,7 @@ def test_netlink_monitor_host_namespace_bgp_routes():
         return classify_message(m, msg, 0, length, typ)
 
     def bird_route(msg_type, dst):
-        import socket as s
-
-        return _nlmsg(msg_type, nl.rtm(s.AF_INET, 32, 254, 12, 0) + nl.attr_ip(nl.RTA_DST, s.AF_INET, dst))
+        return _route(msg_type, dst, 32, proto=nl.RTPROT_BIRD)
 
     assert c(_route(RTM_DELROUTE, "10.40.1.5", 32, table=200)) == "host namespace: route 10.40.1.5/32 deleted"
     assert c(bird_route(RTM_NEWROUTE, "10.40.2.5")) is None

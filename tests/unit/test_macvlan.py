@@ -112,7 +112,7 @@ def test_observe_then_plan_of_a_converged_host_is_empty():
     host = NsView("")
     host.links = [_link(1, "lo"), _link(2, "eth0"), _link(3, "eth1"),
                   _link(9, leg.name, "macvlan", 2, leg.alias, 4, leg.mac)]
-    host.addrs = [nl.AddrRec(9, 2, 32, "172.16.86.250", 0x80, 0)]
+    host.addrs = [nl.AddrRec(9, 2, 32, ia.ip_address("172.16.86.250").packed, 0x80, 0)]
     host.routes = [_route(str(r.dst.network_address), 9) for r in want if isinstance(r, AccessRoute)]
     namespaces = {}
     for ns in ("a", "b"):

@@ -28,7 +28,7 @@ def ns_view() -> NsView:
                 ipvlan_mode=0, ipvlan_flags=0, disable_ipv6=1),
         LinkRec(index=8, name="extra0", flags=0, kind="dummy"),
     ]
-    v.addrs = [AddrRec(index=7, family=socket.AF_INET, prefixlen=24, address="10.1.0.2", flags=0, scope=0)]
+    v.addrs = [AddrRec(index=7, family=socket.AF_INET, prefixlen=24, packed=socket.inet_aton("10.1.0.2"), flags=0, scope=0)]
     v.routes = [RouteRec(family=socket.AF_INET, dst=None, dst_len=0, gateway="10.1.0.1", oif=7,
                          table=RT_TABLE_MAIN, protocol=RTPROT, scope=0, type=1)]
     return v
