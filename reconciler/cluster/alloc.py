@@ -45,6 +45,11 @@ class HostForgotten(UserError):
     """forget-host fenced this host: it claims and reports nothing until it rejoins."""
 
 
+class HostRejoined(HostForgotten):
+    """The host was forgotten and rejoined while this agent ran: everything it knew belongs to
+    the old generation (freed); it must start again from nothing it owned (a new Agent)."""
+
+
 class PoolExhausted(UserError):
     """No free address in this host's blocks and no free block to claim."""
 
@@ -98,21 +103,27 @@ class Agent:
                 kv = self.store.get(k)
                 if kv is None:
                     continue
-            self._check_binding(kv.json())
-            self.binding_mod, self.generation = kv.mod_revision, gen
-            return gen
+            value = kv.json()
+            self._check_binding(value)
+            self.binding_mod, self.generation = kv.mod_revision, int(value.get("generation", gen))
+            return self.generation
         raise UserError(f"host {self.host}: its binding kept changing; try again")
 
     def _check_binding(self, value: Dict[str, Any]) -> None:
         if value.get("forgotten"):
             raise HostForgotten(f"host {self.host} was fenced by `cluster forget-host` (generation "
                                 f"{value.get('generation')}): it claims, announces and changes nothing until "
-                                "`ipvlanctl cluster rejoin` (not implemented yet)")
+                                f"`ipvlanctl cluster rejoin {self.host}`")
         if value.get("machine_id") != self.machine:
             raise HostTaken(f"host name {self.host} is bound to another machine (machine id "
                             f"{str(value.get('machine_id'))[:12]}..., this one {self.machine[:12]}...): two "
                             "machines cannot be the same host. Give this machine its own host name, or, "
                             "if the other machine is gone for good, `cluster forget-host` it first")
+        gen = int(value.get("generation", 0))
+        if self.binding_mod and gen != self.generation:
+            raise HostRejoined(f"host {self.host} was forgotten and rejoined (generation {self.generation} -> "
+                               f"{gen}) while this agent ran: what it held was freed; it starts again from "
+                               "nothing it owned")
 
     def _recheck(self) -> None:
         """After a failed transaction: did the binding change (fenced, taken)?"""

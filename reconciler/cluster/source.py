@@ -111,6 +111,13 @@ class ClusterSource:
         entries = self.journal()
         if not entries:
             return
+        gen = self.agent.generation
+        old = [e for e in entries if int(e.get("generation", 0)) != gen]
+        for e in old:  # handed out before a forget-host: freed with the rest, never written back
+            logs.warning("dropping an address journalled under an older generation of this host (it was "
+                         "forgotten and rejoined since)", network=e["network"], address=e["address"],
+                         container=e["container"], generation=e.get("generation", 0), now=gen)
+        entries = [e for e in entries if e not in old]
         keep = []
         for e in entries:
             held = self.agent.record(e["network"], ipaddress.ip_address(e["address"]), e["container"], e["claim"])
@@ -126,7 +133,8 @@ class ClusterSource:
             if not any(k.get("conflict") == e["conflict"] for k in entries if k is not e):
                 logs.error(e["conflict"])
             keep.append(e)
-        self._save_journal(keep)
+        if keep != entries or old:
+            self._save_journal(keep)
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -159,7 +167,7 @@ class ClusterSource:
         _write_json(self.cache_path, {
             "revision": rev.number, "doc": rev.doc, "pointer_mod": rev.pointer_mod, "blocks": blocks,
             "records": [[r.network, str(r.address), r.host, r.container, r.explicit, m] for r, m in records],
-            "etcd_revision": etcd_rev, "at": time.time()})
+            "etcd_revision": etcd_rev, "at": time.time(), "generation": self.agent.generation})
         return rev, records, blocks
 
     def _cached(self):
@@ -167,6 +175,8 @@ class ClusterSource:
         if c is None:
             return None
         rev = Revision(int(c["revision"]), c["doc"], int(c["pointer_mod"]))
+        if not self.agent.binding_mod:  # restarted while etcd is unreachable: the generation last read
+            self.agent.generation = int(c.get("generation", 0))
         records = [(AddressRecord(n, ipaddress.ip_address(a), h, ct, bool(x)), int(m))
                    for n, a, h, ct, x, m in c["records"]]
         return rev, records, c["blocks"]
@@ -228,11 +238,41 @@ class ClusterSource:
                 f"address on {need.network}: it claims no new block until etcd is back")
         entries = self.journal()
         entries.append({"network": need.network, "address": str(a), "container": need.container,
-                        "family": need.family, "claim": uuid.uuid4().hex, "at": time.time()})
+                        "family": need.family, "claim": uuid.uuid4().hex, "at": time.time(),
+                        "generation": self.agent.generation})
         self._save_journal(entries)  # before the address is used: written to etcd after the heal
         logs.warning("etcd unreachable: address handed out from a block this host holds, journalled",
                      network=need.network, address=str(a), container=need.container)
         return a
+
+    # ---- cluster rejoin -------------------------------------------------------------------
+
+    def rejoined(self) -> Optional[int]:
+        """For a fenced daemon: the host's generation when `cluster rejoin` bound it to this
+        machine again (None while it is still forgotten or bound to another machine)."""
+        kv = self.store.get(self.keys.machine(self.host))
+        if kv is None:
+            return None
+        v = kv.json()
+        if v.get("forgotten") or v.get("machine_id") != self.agent.machine:
+            return None
+        return int(v.get("generation", 0))
+
+    def restart(self) -> List[Dict[str, Any]]:
+        """Start again from nothing this host owned (after `cluster rejoin`): a new agent, no
+        cached revision, no journal (what it held was freed by forget-host). The dropped
+        journal entries."""
+        dropped = self.journal()
+        if dropped:
+            self._save_journal([])
+        try:
+            os.unlink(self.cache_path)
+        except FileNotFoundError:
+            pass
+        old = self.agent
+        self.agent = Agent(self.store, self.keys, self.host, old.machine, old.lease_ttl)
+        self.bound = False
+        return dropped
 
     # ---- after a converge ------------------------------------------------------------------
 

@@ -61,14 +61,18 @@ class ClusterDaemon(Daemon):
 
     # the seam: the desired state comes from etcd ---------------------------------------------
     def reload(self, force: bool = False) -> bool:
-        from ..cluster.alloc import HostForgotten, HostTaken
+        from ..cluster.alloc import HostForgotten, HostRejoined, HostTaken
         from ..cluster.store import EtcdUnavailable
 
         if self.fenced:
             return False
         c = self.status.cluster
         try:
-            loaded = self.source.load()
+            try:
+                loaded = self.source.load()
+            except HostRejoined as e:  # forgotten and rejoined while cut off: start from nothing
+                self.start_again(str(e))
+                loaded = self.source.load()
         except HostForgotten as e:
             self.fence(str(e))
             return False
@@ -123,10 +127,34 @@ class ClusterDaemon(Daemon):
         return True
 
     def handle(self, batch) -> None:
-        if self.fenced:  # forget-host fenced this host: it changes nothing any more
+        if self.fenced and not self.try_rejoin():  # forget-host fenced this host: it changes nothing
             self.publish()
             return
         super().handle(batch)
+
+    def try_rejoin(self) -> bool:
+        """Fenced: has `cluster rejoin` bound this host to this machine again? Then start again
+        from nothing it owned (its containers get new addresses: the old ones were freed)."""
+        from ..cluster.store import EtcdUnavailable
+
+        try:
+            gen = self.source.rejoined()
+        except EtcdUnavailable:
+            return False
+        if gen is None:
+            return False
+        self.start_again(f"host {self.source.host} rejoined the cluster (generation {gen})")
+        self.triggers.put("etcd", "host rejoined", immediate=True)
+        return False  # the trigger reloads
+
+    def start_again(self, why: str) -> None:
+        dropped = self.source.restart()
+        logs.warning(f"{why}: starting again from nothing this host owned (what it held was freed by "
+                     "forget-host; its containers get new addresses)",
+                     dropped_journal=[f"{e['network']} {e['address']}" for e in dropped])
+        self.fenced = None
+        self.stale = ()
+        self.status.cluster.update(fenced=None, conflicts=[], journalled=0)
 
     def finish(self, result: str, started: float, seconds: float, exit_code: Optional[int]) -> None:
         if result in ("converged", "pending") and self.converged_generation == self.generation:
