@@ -14,6 +14,9 @@ def _etcd_args(p: argparse.ArgumentParser) -> None:
                    help="client URL of an etcd v3 member, http://HOST:PORT; several separated by commas")
     p.add_argument("--prefix", default="/ipvlan-reconciler/",
                    help="the key prefix of this fleet's data (default /ipvlan-reconciler/; docs/cluster.md)")
+    from .options import add_credential_args
+
+    add_credential_args(p)
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
@@ -114,9 +117,9 @@ def _formatter():
 
 def _open(args):
     from .keys import Keys
-    from .store import Store
+    from .store import Store, credentials
 
-    return Store(args.etcd), Keys(args.prefix)
+    return Store(args.etcd, creds=credentials(args)), Keys(args.prefix)
 
 
 def cmd_push(args: argparse.Namespace) -> int:

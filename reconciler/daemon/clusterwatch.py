@@ -324,10 +324,12 @@ def build(args) -> ClusterDaemon:
     import socket
 
     from ..cluster.source import ClusterSource
+    from ..cluster.store import Store, credentials
     from .constants import DEFAULT_STATUS_FILE
 
     host = getattr(args, "host", None) or socket.gethostname().split(".")[0]
-    source = ClusterSource(args.etcd, host, args.state_dir, prefix=args.prefix)
+    source = ClusterSource(args.etcd, host, args.state_dir, prefix=args.prefix,
+                           store=Store(args.etcd, creds=credentials(args)))
     return ClusterDaemon(
         source, args.state_dir, etcd_url=args.etcd,
         status_file=getattr(args, "status_file", DEFAULT_STATUS_FILE) or None,
