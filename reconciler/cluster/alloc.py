@@ -25,7 +25,7 @@ import ipaddress
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Collection, Dict, List, Optional, Set, Tuple
 
 from ..errors import UserError
 from ..fleet import block, subnet_range  # noqa: F401  (subnet_range: the grid's meaning)
@@ -173,8 +173,9 @@ class Agent:
 
     # ---- addresses -----------------------------------------------------------------------------
 
-    def _candidate(self, network: str, family: int) -> Optional[IPAddress]:
-        """The lowest free address of this host's blocks (taken locally; caller holds the lock)."""
+    def _candidate(self, network: str, family: int, exclude: Collection[IPAddress] = ()) -> Optional[IPAddress]:
+        """The lowest free address of this host's blocks (taken locally; caller holds the lock),
+        never one of ``exclude`` (the addresses on the network's parent link of this host)."""
         used = self._used[network]
         for r in self._ranges(network, family):
             rng = ipaddress.ip_network(r["range"])
@@ -185,18 +186,20 @@ class Agent:
                     continue
                 for v in range(int(b.network_address), int(b.broadcast_address) + 1):
                     a = ipaddress.ip_address(v) if family == 4 else ipaddress.IPv6Address(v)
-                    if a in used or a in reserved or a not in subnet:
+                    if a in used or a in reserved or a not in subnet or a in exclude:
                         continue
                     used.add(a)
                     return a
         return None
 
-    def allocate(self, network: str, container: str, family: int = 4) -> IPAddress:
-        """An automatic address for ``container`` on ``network``, recorded under its own key."""
+    def allocate(self, network: str, container: str, family: int = 4,
+                 exclude: Collection[IPAddress] = ()) -> IPAddress:
+        """An automatic address for ``container`` on ``network``, recorded under its own key;
+        never one of ``exclude`` (this host's own addresses on the network's parent)."""
         for _ in range(MAX_TRIES):
             with self._lock:
                 self._load_network(network)
-                cand = self._candidate(network, family)
+                cand = self._candidate(network, family, exclude)
             if cand is None:
                 self._claim(network, family)
                 continue
@@ -257,7 +260,7 @@ class Agent:
         return None
 
     def owned_candidate(self, rev: Revision, network: str, family: int, blocks: List[IPNetwork],
-                        used: Set[IPAddress]) -> Optional[IPAddress]:
+                        used: Set[IPAddress], exclude: Collection[IPAddress] = ()) -> Optional[IPAddress]:
         """Offline (etcd unreachable): the lowest free address of the blocks this host already
         holds (as last read), never a claim; None when they are full. Marks it used."""
         with self._lock:
@@ -265,7 +268,7 @@ class Agent:
             self._mine[network] = sorted(blocks, key=lambda b: (b.version, int(b.network_address)))
             self._used[network] = used
             try:
-                return self._candidate(network, family)
+                return self._candidate(network, family, exclude)
             finally:
                 self._mine.pop(network, None)  # the next online call reloads from etcd
                 self._used.pop(network, None)

@@ -100,6 +100,7 @@ class ClusterDaemon(Daemon):
             self.last_error = None
         previous, previous_rev = self.desired, self.revision
         self.desired, self.revision = loaded.state, loaded.revision
+        self._bird_full = (loaded.state, loaded.fleet or loaded.state)  # --bird-config: the whole revision
         self.stale = loaded.stale
         c["revision"] = loaded.revision
         self.status.manifest_valid = True
@@ -235,6 +236,17 @@ class ClusterDaemon(Daemon):
             line += "; etcd unreachable: keeping everything, no new blocks"
         return line
 
+    def read_host_addresses(self):
+        """The addresses on this host's links (the agent never hands out a parent's own)."""
+        from ..kernel.hostaddrs import host_addresses
+
+        kernel = self._kernel_factory() if self._kernel_factory else self._new_kernel()
+        try:
+            return host_addresses(kernel)
+        finally:
+            if kernel is not None:
+                kernel.close()
+
     # the etcd watch and the lease ------------------------------------------------------------
     def follow(self) -> None:
         """Enqueue a reload whenever the revision pointer changes (thread)."""
@@ -330,7 +342,7 @@ def build(args) -> ClusterDaemon:
     host = getattr(args, "host", None) or socket.gethostname().split(".")[0]
     source = ClusterSource(args.etcd, host, args.state_dir, prefix=args.prefix,
                            store=Store(args.etcd, creds=credentials(args)))
-    return ClusterDaemon(
+    daemon = ClusterDaemon(
         source, args.state_dir, etcd_url=args.etcd,
         status_file=getattr(args, "status_file", DEFAULT_STATUS_FILE) or None,
         debounce=getattr(args, "debounce", 0.5),
@@ -339,3 +351,9 @@ def build(args) -> ClusterDaemon:
         backoff_cap=getattr(args, "max_backoff", 60.0),
         metrics_addr=getattr(args, "metrics_addr", None),
     )
+    source.host_addresses = daemon.read_host_addresses
+    if getattr(args, "bird_config", None):  # as in file mode; the peers come from the revision
+        from ..birdctl import DEFAULT_SOCKET, BirdSync
+
+        daemon.bird_sync = BirdSync(args.bird_config, getattr(args, "bird_socket", None) or DEFAULT_SOCKET, host=host)
+    return daemon

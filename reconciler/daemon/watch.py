@@ -667,9 +667,6 @@ def run_watch(args: argparse.Namespace) -> int:
     logs.setup(getattr(args, "log_format", "text"), getattr(args, "log_level", "info"))
     if getattr(args, "etcd", None) and args.paths:
         raise UserError("watch --etcd takes its manifests from etcd: give no PATH")
-    if getattr(args, "etcd", None) and getattr(args, "bird_config", None):
-        raise UserError("watch --etcd does not keep a BIRD configuration yet: --bird-config works with "
-                        "manifest paths only")
     if not getattr(args, "etcd", None) and not args.paths:
         raise UserError("watch needs manifest directories (PATH...), or --etcd URL for cluster mode")
     if os.geteuid() != 0:
