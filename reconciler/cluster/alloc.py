@@ -35,6 +35,7 @@ from .revision import Revision, read_current
 from .store import EtcdUnavailable, Store, absent, delete, dumps, put, unchanged
 
 MAX_TRIES = 64
+MAX_WRITTEN = 4096  # mod revisions of keys this agent wrote, kept for a one-round-trip release
 
 
 class HostTaken(UserError):
@@ -83,6 +84,9 @@ class Agent:
         self._rev: Optional[Revision] = None
         self._mine: Dict[str, List[IPNetwork]] = {}  # network -> blocks this host holds
         self._used: Dict[str, Set[IPAddress]] = {}  # network -> taken addresses in those blocks
+        # (network, address) -> the mod revision this agent wrote the key at: release deletes
+        # it in one transaction comparing that (else it reads the key first)
+        self._written: Dict[Tuple[str, IPAddress], int] = {}
 
     # ---- binding -------------------------------------------------------------------------------
 
@@ -205,9 +209,13 @@ class Agent:
                 continue
             key = self.keys.addr(network, cand)
             value = {"host": self.host, "container": container, "claim": uuid.uuid4().hex}
-            ok, _ = self.store.txn([unchanged(self.keys.machine(self.host), self.binding_mod), absent(key)],
-                                   [put(key, dumps(value))])
+            ok, _, at = self.store.txn_at([unchanged(self.keys.machine(self.host), self.binding_mod), absent(key)],
+                                          [put(key, dumps(value))])
             if ok:
+                with self._lock:
+                    self._written[(network, cand)] = at
+                    if len(self._written) > MAX_WRITTEN:  # a hint only: forget the oldest
+                        self._written.pop(next(iter(self._written)))
                 return cand
             kv = self.store.get(key)
             if kv is not None and kv.json() == value:
@@ -294,6 +302,14 @@ class Agent:
     def release(self, network: str, address: IPAddress) -> bool:
         """Delete an address key this host holds; False when it was not there."""
         key = self.keys.addr(network, address)
+        with self._lock:
+            mod = self._written.pop((network, address), 0)
+        if mod:  # written by this agent at ``mod`` and unchanged since: ours, one round trip
+            ok, _ = self.store.txn([unchanged(key, mod)], [delete(key)])
+            if ok:
+                with self._lock:
+                    self._used.get(network, set()).discard(address)
+                return True
         for _ in range(MAX_TRIES):
             kv = self.store.get(key)
             if kv is None:

@@ -193,6 +193,11 @@ class Store:
                            ca_cert=c.cacert, cert_cert=c.cert, cert_key=c.key)
             for s, h, p in self.endpoints
         ]
+        for cl in self._clients:
+            # straight to etcd: no proxy, .netrc or CA bundle from the environment, which
+            # requests would otherwise look up again on every request (about half its CPU
+            # time per request: C1 in bench/README.md); --etcd-cacert is passed per request
+            cl.session.trust_env = False
         self._first = 0
         self._token: Optional[str] = None
         # per request: requests lets REQUESTS_CA_BUNDLE (and CURL_CA_BUNDLE) in the environment
@@ -295,9 +300,16 @@ class Store:
 
     def txn(self, compare: Sequence[Dict[str, Any]], success: Sequence[Dict[str, Any]],
             failure: Sequence[Dict[str, Any]] = ()) -> Tuple[bool, List[Dict[str, Any]]]:
+        ok, responses, _ = self.txn_at(compare, success, failure)
+        return ok, responses
+
+    def txn_at(self, compare: Sequence[Dict[str, Any]], success: Sequence[Dict[str, Any]],
+               failure: Sequence[Dict[str, Any]] = ()) -> Tuple[bool, List[Dict[str, Any]], int]:
+        """:meth:`txn`, and the store revision it ran at (a put's mod revision when it wrote)."""
         out = self._post("kv/txn", {"compare": list(compare), "success": list(success),
                                     "failure": list(failure)})
-        return bool(out.get("succeeded", False)), list(out.get("responses") or [])
+        return (bool(out.get("succeeded", False)), list(out.get("responses") or []),
+                int(out.get("header", {}).get("revision", 0)))
 
     # ---- leases ------------------------------------------------------------------------------
 

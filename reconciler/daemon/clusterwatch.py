@@ -273,7 +273,7 @@ class ClusterDaemon(Daemon):
                         connected = True
                     if msg.events:
                         resume = max(resume, *msg.events)
-                        self.triggers.put("etcd", "revision pointer changed")
+                        self.triggers.put("etcd", "revision pointer changed", immediate=True)  # atomic: no debounce
                     elif msg.revision and not msg.created:
                         resume = max(resume, msg.revision)  # progress: nothing changed up to here
             except EtcdUnavailable:
