@@ -373,15 +373,30 @@ class WatchMessage:
     events: Tuple[int, ...] = ()
     created: bool = False
     compacted: int = 0
+    hosts: Tuple[str, ...] = ()  # per event: the "host" of the value written ("" for a delete)
 
 
-def watch_key(store: "Store", key: str, start_revision: int, stop=None):
+def _event_host(e: Dict[str, Any]) -> str:
+    if e.get("type") == "DELETE":
+        return ""
+    try:
+        v = json.loads(_unb64(e.get("kv", {}).get("value")).decode() or "null")
+        return str(v.get("host") or "") if isinstance(v, dict) else ""
+    except ValueError:
+        return ""
+
+
+def watch_key(store: "Store", key: str, start_revision: int, stop=None, prefix: bool = False,
+              slot: str = "last_watch"):
     """Follow ``key`` from ``start_revision`` (etcd's v3 watch over the JSON gateway; etcd3gw's
     own watcher hides compaction and disconnects, which the daemon must see). Yields
     :class:`WatchMessage`; returns when the connection ends (etcd stopped, network cut) or
     ``stop`` (a threading.Event) is set; raises EtcdUnavailable when no member answers.
-    ``store.last_watch`` is the open response (closing it ends the generator)."""
+    ``store.last_watch`` (or ``slot``) is the open response (closing it ends the generator).
+    ``prefix``: every key under ``key``."""
     create: Dict[str, Any] = {"key": _b64(key), "progress_notify": True}
+    if prefix:
+        create["range_end"] = _prefix_end(key)
     if start_revision > 0:  # else: from now on
         create["start_revision"] = str(start_revision)
     body = {"create_request": create}
@@ -399,7 +414,7 @@ def watch_key(store: "Store", key: str, start_revision: int, stop=None):
         except Exception as e:  # requests' own errors: connection refused, reset, HTTP error
             errors.append(f"{c.base_url}: {_short(e)}")
             continue
-        store.last_watch = resp
+        setattr(store, slot, resp)
         try:
             for line in resp.iter_lines(chunk_size=None):
                 if stop is not None and stop.is_set():
@@ -416,8 +431,10 @@ def watch_key(store: "Store", key: str, start_revision: int, stop=None):
                     return
                 if result.get("canceled"):
                     return
-                events = tuple(int(e.get("kv", {}).get("mod_revision", 0)) for e in result.get("events") or ())
-                yield WatchMessage(rev, events, created=bool(result.get("created")))
+                evs = result.get("events") or ()
+                events = tuple(int(e.get("kv", {}).get("mod_revision", 0)) for e in evs)
+                yield WatchMessage(rev, events, created=bool(result.get("created")),
+                                   hosts=tuple(_event_host(e) for e in evs) if prefix else ())
         except Exception:  # the stream broke (etcd killed, connection reset): the caller resumes
             return
         finally:

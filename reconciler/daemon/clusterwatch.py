@@ -288,6 +288,43 @@ class ClusterDaemon(Daemon):
             self._stop.wait(delay)
             delay = min(delay * 2, 5.0)
 
+    def follow_addresses(self) -> None:
+        """Enqueue a reload when another host's address records change (thread): hosts files
+        list every container of the fleet on shared networks, with the addresses other hosts
+        allocate after a push (SPEC 6, 5.1). A burst of allocations coalesces: triggers that
+        arrive while a reload or reconcile runs are one more reload after it.
+        This host's own writes are skipped; a compacted or lost watch starts again from now
+        after a reload (which reads every record)."""
+        from ..cluster.store import EtcdUnavailable, watch_key
+
+        me, delay, resume = self.source.host, 0.5, 0
+        while not self._stop.is_set():
+            lost = False
+            try:
+                for msg in watch_key(self.source.store, self.source.keys.addrs(), resume + 1 if resume else 0,
+                                     self._stop, prefix=True, slot="last_addr_watch"):
+                    if msg.compacted:
+                        resume, lost = 0, True
+                        break
+                    if msg.created:
+                        delay = 0.5
+                    if msg.events:
+                        resume = max(resume, *msg.events)
+                        if any(h != me for h in msg.hosts):
+                            self.triggers.put("etcd", "address records changed", immediate=True)
+                    elif msg.revision and not msg.created:
+                        resume = max(resume, msg.revision)
+                else:
+                    lost = True
+            except EtcdUnavailable:
+                lost = True
+            if self._stop.is_set():
+                return
+            if lost and not resume:
+                self.triggers.put("etcd", "address watch restarted")
+            self._stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+
     def keep_lease(self) -> None:
         from ..cluster.store import EtcdUnavailable
 
@@ -301,18 +338,20 @@ class ClusterDaemon(Daemon):
                 pass
 
     def start_threads(self) -> None:
-        for name, fn in (("etcd-watch", self.follow), ("etcd-lease", self.keep_lease)):
+        for name, fn in (("etcd-watch", self.follow), ("etcd-addresses", self.follow_addresses),
+                         ("etcd-lease", self.keep_lease)):
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()
             self._threads.append(t)
 
     def stop_threads(self) -> None:
         self._stop.set()
-        resp = getattr(self.source.store, "last_watch", None)
-        if resp is not None:
-            from ..cluster.store import interrupt_watch
+        from ..cluster.store import interrupt_watch
 
-            interrupt_watch(resp)
+        for slot in ("last_watch", "last_addr_watch"):
+            resp = getattr(self.source.store, slot, None)
+            if resp is not None:
+                interrupt_watch(resp)
         for t in self._threads:
             t.join(timeout=5)
         self._threads = []
