@@ -12,6 +12,8 @@ workers at the same time, every address key left matches an allocation.
 
 --processes: each host's agent (its 8 threads) runs in a process of its own, as on three real
 hosts (one Python process, one GIL per host); default: all 24 threads in one process.
+--think MS: each worker pauses a random time (exponential, mean MS) between pairs; default 0,
+a closed loop that saturates the machine (latency is then mostly queueing for the CPU).
 
     .venv/bin/python bench/cluster_alloc.py [--pairs 40] [--processes] [--json FILE]
 """
@@ -92,7 +94,7 @@ class Counting(Store):
         return super()._post(path, body)
 
 
-def host_workers(url: str, prefix: str, host: str, first: int, pairs: int, threads: int = 8):
+def host_workers(url: str, prefix: str, host: str, first: int, pairs: int, threads: int = 8, think: float = 0.0):
     """One host's agent and its worker threads: [(address, t_alloc, t_release, latency)], requests."""
     store = Counting(url)
     agent = Agent(store, Keys(prefix), host, f"machine-{host}")
@@ -103,8 +105,13 @@ def host_workers(url: str, prefix: str, host: str, first: int, pairs: int, threa
     lock = threading.Lock()
 
     def worker(w):
+        import random
+
+        rnd = random.Random(w)
         try:
             for i in range(pairs):
+                if think:  # an exponential pause between pairs (mean ``think`` s): not saturated
+                    time.sleep(rnd.expovariate(1 / think))
                 t0 = time.perf_counter()
                 a = agent.allocate("lan", f"w{w}-{i}")
                 t1 = time.perf_counter()
@@ -128,7 +135,7 @@ def _host_proc(args):
     return host_workers(*args)
 
 
-def run_fill(url: str, fill: int, pairs: int, tmp: str, processes: bool = False):
+def run_fill(url: str, fill: int, pairs: int, tmp: str, processes: bool = False, think: float = 0.0):
     store, keys = Store(url), Keys(f"/bench-{fill}/")
     d = os.path.join(tmp, f"fleet{fill}")
     os.makedirs(d)
@@ -153,7 +160,7 @@ def run_fill(url: str, fill: int, pairs: int, tmp: str, processes: bool = False)
           for i, h in enumerate(HOSTS)]
     [t.start() for t in ts]
     [t.join() for t in ts]
-    jobs = [(url, keys.prefix, h, 8 * i, pairs) for i, h in enumerate(HOSTS)]
+    jobs = [(url, keys.prefix, h, 8 * i, pairs, 8, think) for i, h in enumerate(HOSTS)]
     t0 = time.perf_counter()
     if processes:
         with multiprocessing.get_context("fork").Pool(len(HOSTS)) as pool:
@@ -188,7 +195,7 @@ def run_fill(url: str, fill: int, pairs: int, tmp: str, processes: bool = False)
     lat = sorted(e[3] for e in events)
     q = statistics.quantiles(lat, n=100)
     return {"fill_percent": fill, "prefilled": target, "allocations": len(lat), "workers": 24,
-            "processes": 3 if processes else 1,
+            "processes": 3 if processes else 1, "think_ms": think * 1000,
             "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2),
             "max_ms": round(lat[-1] * 1000, 2), "allocations_per_s": round(len(lat) / wall, 1),
             "requests_per_pair": round(requests / len(lat), 2), "duplicates": 0}
@@ -199,12 +206,14 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=40, help="allocate+release pairs per worker")
     ap.add_argument("--fills", default="20,50,80")
     ap.add_argument("--processes", action="store_true", help="one process per host (as on real hosts)")
+    ap.add_argument("--think", type=float, default=0.0, metavar="MS",
+                    help="mean pause of each worker between pairs (default 0: saturated, a closed loop)")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="ipvlan-bench-etcd-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     proc, url = start_etcd(tmp)
     try:
-        rows = [run_fill(url, int(f), args.pairs, tmp, args.processes) for f in args.fills.split(",")]
+        rows = [run_fill(url, int(f), args.pairs, tmp, args.processes, args.think / 1000) for f in args.fills.split(",")]
     finally:
         proc.terminate()
         proc.wait()
