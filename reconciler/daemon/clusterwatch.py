@@ -299,6 +299,7 @@ class ClusterDaemon(Daemon):
 
         me, delay, resume = self.source.host, 0.5, 0
         while not self._stop.is_set():
+            resume = max(resume, self.source.etcd_revision)  # after the last full read: nothing missed
             lost = False
             try:
                 for msg in watch_key(self.source.store, self.source.keys.addrs(), resume + 1 if resume else 0,
