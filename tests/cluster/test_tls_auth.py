@@ -125,6 +125,15 @@ def test_tls_options_reach_the_client_and_are_checked(tmp_path):
     assert "go together" in refused(etcd_user="root")
     creds = credentials(SimpleNamespace(**{**vars(args), "etcd_user": "root", "etcd_password_file": p["pw"]}))
     assert creds.user == "root" and creds.password == "x"  # the trailing newline is not the password
+    # watch --etcd builds its store with them
+    from reconciler.cli import build_parser
+    from reconciler.daemon.clusterwatch import build
+
+    ns = build_parser().parse_args(["watch", "--etcd", args.etcd, "--host", "h1", "--etcd-cacert", p["ca.pem"],
+                                    "--etcd-cert", p["c.pem"], "--etcd-key", p["c.key"]])
+    ns.state_dir = str(tmp_path / "state")
+    for c in build(ns).source.store._clients:
+        assert c.session.verify == p["ca.pem"] and c.session.cert == (p["c.pem"], p["c.key"])
     # the same options exist on every command that talks to etcd
     for argv in (["cluster", "status"], ["cluster", "push", "d"], ["cluster", "forget-host", "h"],
                  ["cluster", "rejoin", "h"], ["watch"]):
