@@ -32,6 +32,8 @@ def run(*argv, cwd):
 def make_pki(d):
     """A CA, a server certificate for 127.0.0.1, a client certificate (CN ipvlan), and a client
     certificate from another CA (not trusted by etcd)."""
+    if not os.access(OPENSSL, os.X_OK):
+        pytest.fail("the openssl binary is missing: install openssl (scripts/system-deps cluster installs it)")
     for ca in ("ca", "rogue"):
         run(OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
             "-days", "2", "-subj", f"/CN=test-{ca}", cwd=d)
