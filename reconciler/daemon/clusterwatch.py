@@ -133,30 +133,6 @@ class ClusterDaemon(Daemon):
             return
         super().handle(batch)
 
-    def try_rejoin(self) -> bool:
-        """Fenced: has `cluster rejoin` bound this host to this machine again? Then start again
-        from nothing it owned (its containers get new addresses: the old ones were freed)."""
-        from ..cluster.store import EtcdUnavailable
-
-        try:
-            gen = self.source.rejoined()
-        except EtcdUnavailable:
-            return False
-        if gen is None:
-            return False
-        self.start_again(f"host {self.source.host} rejoined the cluster (generation {gen})")
-        self.triggers.put("etcd", "host rejoined", immediate=True)
-        return False  # the trigger reloads
-
-    def start_again(self, why: str) -> None:
-        dropped = self.source.restart()
-        logs.warning(f"{why}: starting again from nothing this host owned (what it held was freed by "
-                     "forget-host; its containers get new addresses)",
-                     dropped_journal=[f"{e['network']} {e['address']}" for e in dropped])
-        self.fenced = None
-        self.stale = ()
-        self.status.cluster.update(fenced=None, conflicts=[], journalled=0)
-
     def finish(self, result: str, started: float, seconds: float, exit_code: Optional[int]) -> None:
         if result in ("converged", "pending") and self.converged_generation == self.generation:
             self.converged_revision = self.revision
@@ -227,6 +203,30 @@ class ClusterDaemon(Daemon):
             self.status.record_error(PERMANENT, why)
         self.fenced = why
         self.status.cluster["fenced"] = why
+
+    def try_rejoin(self) -> bool:
+        """Fenced: has `cluster rejoin` bound this host to this machine again? Then start again
+        from nothing it owned (its containers get new addresses: the old ones were freed)."""
+        from ..cluster.store import EtcdUnavailable
+
+        try:
+            gen = self.source.rejoined()
+        except EtcdUnavailable:
+            return False
+        if gen is None:
+            return False
+        self.start_again(f"host {self.source.host} rejoined the cluster (generation {gen})")
+        self.triggers.put("etcd", "host rejoined", immediate=True)
+        return False  # the trigger reloads
+
+    def start_again(self, why: str) -> None:
+        dropped = self.source.restart()
+        logs.warning(f"{why}: starting again from nothing this host owned (what it held was freed by "
+                     "forget-host; its containers get new addresses)",
+                     dropped_journal=[f"{e['network']} {e['address']}" for e in dropped])
+        self.fenced = None
+        self.stale = ()
+        self.status.cluster.update(fenced=None, conflicts=[], journalled=0)
 
     def status_line(self) -> str:
         if self.fenced:
