@@ -127,6 +127,9 @@ Examples:
 
   # free the blocks and addresses of a host that is dead and fenced
   ipvlanctl cluster forget-host h3 --confirm-fenced --etcd http://10.0.0.1:2379
+
+  # it came back: let it take part again, starting from nothing it owned
+  ipvlanctl cluster rejoin h3 --etcd http://10.0.0.1:2379
 """,
 }
 

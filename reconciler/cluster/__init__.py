@@ -9,6 +9,7 @@ Modules:
   store     -- a thin transactional client (range, txn, leases) with clear errors
   revision  -- `cluster push`: validate, resolve the block grid, store one revision atomically
   alloc     -- the allocation core a host agent uses: host binding, blocks, addresses, status
-  admin     -- `cluster status` and `cluster forget-host`
+  admin     -- `cluster status`, `cluster forget-host` and `cluster rejoin`
+  options   -- the etcd TLS / auth options every command that talks to etcd takes
   cli       -- the `ipvlanctl cluster` subcommands
 """

@@ -1,4 +1,4 @@
-"""`ipvlanctl cluster status` and `cluster forget-host` (SPEC 6)."""
+"""`ipvlanctl cluster status`, `cluster forget-host` and `cluster rejoin` (SPEC 6)."""
 from __future__ import annotations
 
 import time
@@ -114,7 +114,12 @@ def forget_host(store: Store, keys: Keys, name: str, grace: float = DEFAULT_GRAC
         if not ok:
             raise UserError(f"host {name} changed while forgetting it (did it come back?); nothing was freed")
     # the host is fenced (its claims compare the binding): its keys cannot change any more
-    freed = {"blocks": 0, "addresses": 0, "generation": gen}
+    return dict(_free(store, keys, name, "forget-host"), generation=gen)
+
+
+def _free(store: Store, keys: Keys, name: str, command: str) -> Dict[str, int]:
+    """Delete a fenced host's automatic blocks and addresses (explicit reservations stay)."""
+    freed = {"blocks": 0, "addresses": 0}
     for what, prefix in (("blocks", keys.blocks()), ("addresses", keys.addrs())):
         doomed = [kv for kv in store.range(prefix)[0]
                   if _json(kv).get("host") == name and not _json(kv).get("explicit")]
@@ -122,8 +127,43 @@ def forget_host(store: Store, keys: Keys, name: str, grace: float = DEFAULT_GRAC
             part = doomed[i:i + BATCH // 2]
             ok, _ = store.txn([unchanged(kv.key, kv.mod_revision) for kv in part], [delete(kv.key) for kv in part])
             if not ok:
-                raise UserError(f"host {name}: its {what} changed while freeing them; run forget-host again")
+                raise UserError(f"host {name}: its {what} changed while freeing them; run {command} again")
             freed[what] += len(part)
     return freed
+
+
+def rejoin(store: Store, keys: Keys, name: str, machine: Optional[str] = None,
+           now: Optional[float] = None) -> Dict[str, Any]:
+    """Let a host that `forget-host` fenced take part again (SPEC 6): bind NAME to ``machine``
+    (default: the machine it was bound to; another one for replaced hardware) at the generation
+    forget-host gave it. It starts from nothing it owned: what forget-host freed stays freed (a
+    forget-host interrupted halfway is finished first), its agent allocates new addresses; the
+    explicit reservations of the manifests stay its own. Refused (UserError, nothing written)
+    for a host that was never bound or is not forgotten."""
+    now = time.time() if now is None else now
+    binding = store.get(keys.machine(name))
+    if binding is None:
+        raise UserError(f"host {name} has never bound to the cluster (no {keys.machine(name)}): nothing to "
+                        f"rejoin; start its agent: ipvlanctl watch --etcd URL --host {name}")
+    bound = _json(binding)
+    if not bound.get("forgotten"):
+        raise UserError(f"host {name} is not forgotten (bound to machine {str(bound.get('machine_id'))[:12]}..., "
+                        f"generation {bound.get('generation', 0)}): nothing to rejoin. Only a host fenced by "
+                        "`cluster forget-host` needs `cluster rejoin`")
+    freed = _free(store, keys, name, "rejoin")
+    gen_kv = store.get(keys.generation(name))
+    gen = int(gen_kv.value.decode()) if gen_kv is not None else int(bound.get("generation", 0))
+    previous = bound.get("machine_id")
+    value = {"machine_id": machine or previous, "generation": gen, "bound_at": now, "rejoined_at": now}
+    if machine and machine != previous:
+        value["previous_machine_id"] = previous
+    ok, _ = store.txn([unchanged(keys.machine(name), binding.mod_revision),
+                       unchanged(keys.generation(name), gen_kv.mod_revision if gen_kv else 0)],
+                      [put(keys.machine(name), dumps(value))])
+    if not ok:
+        raise UserError(f"host {name}'s binding changed while rejoining it (another forget-host or rejoin?); "
+                        "nothing was rejoined: run it again")
+    return {"generation": gen, "machine_id": value["machine_id"], "previous_machine_id": previous,
+            "freed_blocks": freed["blocks"], "freed_addresses": freed["addresses"]}
 
 

@@ -25,7 +25,7 @@ import ipaddress
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Collection, Dict, List, Optional, Set, Tuple
 
 from ..errors import UserError
 from ..fleet import block, subnet_range  # noqa: F401  (subnet_range: the grid's meaning)
@@ -35,6 +35,7 @@ from .revision import Revision, read_current
 from .store import EtcdUnavailable, Store, absent, delete, dumps, put, unchanged
 
 MAX_TRIES = 64
+MAX_WRITTEN = 4096  # mod revisions of keys this agent wrote, kept for a one-round-trip release
 
 
 class HostTaken(UserError):
@@ -43,6 +44,11 @@ class HostTaken(UserError):
 
 class HostForgotten(UserError):
     """forget-host fenced this host: it claims and reports nothing until it rejoins."""
+
+
+class HostRejoined(HostForgotten):
+    """The host was forgotten and rejoined while this agent ran: everything it knew belongs to
+    the old generation (freed); it must start again from nothing it owned (a new Agent)."""
 
 
 class PoolExhausted(UserError):
@@ -78,6 +84,9 @@ class Agent:
         self._rev: Optional[Revision] = None
         self._mine: Dict[str, List[IPNetwork]] = {}  # network -> blocks this host holds
         self._used: Dict[str, Set[IPAddress]] = {}  # network -> taken addresses in those blocks
+        # (network, address) -> the mod revision this agent wrote the key at: release deletes
+        # it in one transaction comparing that (else it reads the key first)
+        self._written: Dict[Tuple[str, IPAddress], int] = {}
 
     # ---- binding -------------------------------------------------------------------------------
 
@@ -98,21 +107,27 @@ class Agent:
                 kv = self.store.get(k)
                 if kv is None:
                     continue
-            self._check_binding(kv.json())
-            self.binding_mod, self.generation = kv.mod_revision, gen
-            return gen
+            value = kv.json()
+            self._check_binding(value)
+            self.binding_mod, self.generation = kv.mod_revision, int(value.get("generation", gen))
+            return self.generation
         raise UserError(f"host {self.host}: its binding kept changing; try again")
 
     def _check_binding(self, value: Dict[str, Any]) -> None:
         if value.get("forgotten"):
             raise HostForgotten(f"host {self.host} was fenced by `cluster forget-host` (generation "
                                 f"{value.get('generation')}): it claims, announces and changes nothing until "
-                                "`ipvlanctl cluster rejoin` (not implemented yet)")
+                                f"`ipvlanctl cluster rejoin {self.host}`")
         if value.get("machine_id") != self.machine:
             raise HostTaken(f"host name {self.host} is bound to another machine (machine id "
                             f"{str(value.get('machine_id'))[:12]}..., this one {self.machine[:12]}...): two "
                             "machines cannot be the same host. Give this machine its own host name, or, "
                             "if the other machine is gone for good, `cluster forget-host` it first")
+        gen = int(value.get("generation", 0))
+        if self.binding_mod and gen != self.generation:
+            raise HostRejoined(f"host {self.host} was forgotten and rejoined (generation {self.generation} -> "
+                               f"{gen}) while this agent ran: what it held was freed; it starts again from "
+                               "nothing it owned")
 
     def _recheck(self) -> None:
         """After a failed transaction: did the binding change (fenced, taken)?"""
@@ -162,8 +177,9 @@ class Agent:
 
     # ---- addresses -----------------------------------------------------------------------------
 
-    def _candidate(self, network: str, family: int) -> Optional[IPAddress]:
-        """The lowest free address of this host's blocks (taken locally; caller holds the lock)."""
+    def _candidate(self, network: str, family: int, exclude: Collection[IPAddress] = ()) -> Optional[IPAddress]:
+        """The lowest free address of this host's blocks (taken locally; caller holds the lock),
+        never one of ``exclude`` (the addresses on the network's parent link of this host)."""
         used = self._used[network]
         for r in self._ranges(network, family):
             rng = ipaddress.ip_network(r["range"])
@@ -174,26 +190,32 @@ class Agent:
                     continue
                 for v in range(int(b.network_address), int(b.broadcast_address) + 1):
                     a = ipaddress.ip_address(v) if family == 4 else ipaddress.IPv6Address(v)
-                    if a in used or a in reserved or a not in subnet:
+                    if a in used or a in reserved or a not in subnet or a in exclude:
                         continue
                     used.add(a)
                     return a
         return None
 
-    def allocate(self, network: str, container: str, family: int = 4) -> IPAddress:
-        """An automatic address for ``container`` on ``network``, recorded under its own key."""
+    def allocate(self, network: str, container: str, family: int = 4,
+                 exclude: Collection[IPAddress] = ()) -> IPAddress:
+        """An automatic address for ``container`` on ``network``, recorded under its own key;
+        never one of ``exclude`` (this host's own addresses on the network's parent)."""
         for _ in range(MAX_TRIES):
             with self._lock:
                 self._load_network(network)
-                cand = self._candidate(network, family)
+                cand = self._candidate(network, family, exclude)
             if cand is None:
                 self._claim(network, family)
                 continue
             key = self.keys.addr(network, cand)
             value = {"host": self.host, "container": container, "claim": uuid.uuid4().hex}
-            ok, _ = self.store.txn([unchanged(self.keys.machine(self.host), self.binding_mod), absent(key)],
-                                   [put(key, dumps(value))])
+            ok, _, at = self.store.txn_at([unchanged(self.keys.machine(self.host), self.binding_mod), absent(key)],
+                                          [put(key, dumps(value))])
             if ok:
+                with self._lock:
+                    self._written[(network, cand)] = at
+                    if len(self._written) > MAX_WRITTEN:  # a hint only: forget the oldest
+                        self._written.pop(next(iter(self._written)))
                 return cand
             kv = self.store.get(key)
             if kv is not None and kv.json() == value:
@@ -246,7 +268,7 @@ class Agent:
         return None
 
     def owned_candidate(self, rev: Revision, network: str, family: int, blocks: List[IPNetwork],
-                        used: Set[IPAddress]) -> Optional[IPAddress]:
+                        used: Set[IPAddress], exclude: Collection[IPAddress] = ()) -> Optional[IPAddress]:
         """Offline (etcd unreachable): the lowest free address of the blocks this host already
         holds (as last read), never a claim; None when they are full. Marks it used."""
         with self._lock:
@@ -254,7 +276,7 @@ class Agent:
             self._mine[network] = sorted(blocks, key=lambda b: (b.version, int(b.network_address)))
             self._used[network] = used
             try:
-                return self._candidate(network, family)
+                return self._candidate(network, family, exclude)
             finally:
                 self._mine.pop(network, None)  # the next online call reloads from etcd
                 self._used.pop(network, None)
@@ -280,6 +302,14 @@ class Agent:
     def release(self, network: str, address: IPAddress) -> bool:
         """Delete an address key this host holds; False when it was not there."""
         key = self.keys.addr(network, address)
+        with self._lock:
+            mod = self._written.pop((network, address), 0)
+        if mod:  # written by this agent at ``mod`` and unchanged since: ours, one round trip
+            ok, _ = self.store.txn([unchanged(key, mod)], [delete(key)])
+            if ok:
+                with self._lock:
+                    self._used.get(network, set()).discard(address)
+                return True
         for _ in range(MAX_TRIES):
             kv = self.store.get(key)
             if kv is None:

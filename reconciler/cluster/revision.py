@@ -97,10 +97,12 @@ def read_current(store: Store, keys: Keys) -> Optional[Revision]:
 # ---- resolving what every host must agree on ---------------------------------------------------
 
 
-def _reserved_in(s, state: DesiredState) -> List[str]:
+def _reserved_in(s, state: DesiredState, net=None) -> List[str]:
     """Addresses never handed out from a subnet: network (and IPv4 broadcast), gateway, aux,
-    the hosts' underlay addresses."""
+    the hosts' underlay addresses, every host's host_access address on the network (SPEC 2.3)."""
     out = {s.cidr.network_address}
+    if net is not None:
+        out.update(a for a in set(net.host_access) | {a for _, a in net.host_access_by_host} if a in s.cidr)
     out.update(a for h in state.hosts.values() for a in (h.address, h.address6) if a is not None and a in s.cidr)
     if s.cidr.version == 4 and s.cidr.prefixlen <= 30:
         out.add(s.cidr.broadcast_address)
@@ -131,7 +133,7 @@ def resolve_grid(state: DesiredState) -> Dict[str, Any]:
             for s in net.subnets_of(fam):
                 rng = subnet_range(s)
                 ranges.append({"family": fam, "subnet": str(s.cidr), "range": str(rng), "size": size,
-                               "blocks": block_count(rng, size), "reserved": _reserved_in(s, state)})
+                               "blocks": block_count(rng, size), "reserved": _reserved_in(s, state, net)})
         grid[name] = {"block_size": net.block_size, "block_size6": net.block_size6, "ranges": ranges}
     return grid
 

@@ -31,7 +31,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ..errors import UserError
 from ..model import DesiredState
@@ -62,6 +62,7 @@ class Loaded:
     offline: Optional[str]  # why etcd could not be used (None: online)
     conflicts: Tuple[str, ...]
     journalled: int  # addresses handed out offline, not yet written to etcd
+    fleet: Optional[DesiredState] = None  # the whole revision (for --bird-config)
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -94,6 +95,9 @@ class ClusterSource:
         self.bound = False
         self.etcd_revision = 0  # store revision of the last full read: the watch resumes after it
         self.offline: Optional[str] = None
+        # link name -> this host's addresses on it (the daemon reads them from the kernel): an
+        # automatic address is never one of its network's parent's own addresses
+        self.host_addresses: Optional[Callable[[], Mapping[str, Iterable[Any]]]] = None
 
     # ---- the journal of offline allocations --------------------------------------------------
 
@@ -111,6 +115,13 @@ class ClusterSource:
         entries = self.journal()
         if not entries:
             return
+        gen = self.agent.generation
+        old = [e for e in entries if int(e.get("generation", 0)) != gen]
+        for e in old:  # handed out before a forget-host: freed with the rest, never written back
+            logs.warning("dropping an address journalled under an older generation of this host (it was "
+                         "forgotten and rejoined since)", network=e["network"], address=e["address"],
+                         container=e["container"], generation=e.get("generation", 0), now=gen)
+        entries = [e for e in entries if e not in old]
         keep = []
         for e in entries:
             held = self.agent.record(e["network"], ipaddress.ip_address(e["address"]), e["container"], e["claim"])
@@ -126,7 +137,8 @@ class ClusterSource:
             if not any(k.get("conflict") == e["conflict"] for k in entries if k is not e):
                 logs.error(e["conflict"])
             keep.append(e)
-        self._save_journal(keep)
+        if keep != entries or old:
+            self._save_journal(keep)
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -159,7 +171,7 @@ class ClusterSource:
         _write_json(self.cache_path, {
             "revision": rev.number, "doc": rev.doc, "pointer_mod": rev.pointer_mod, "blocks": blocks,
             "records": [[r.network, str(r.address), r.host, r.container, r.explicit, m] for r, m in records],
-            "etcd_revision": etcd_rev, "at": time.time()})
+            "etcd_revision": etcd_rev, "at": time.time(), "generation": self.agent.generation})
         return rev, records, blocks
 
     def _cached(self):
@@ -167,6 +179,8 @@ class ClusterSource:
         if c is None:
             return None
         rev = Revision(int(c["revision"]), c["doc"], int(c["pointer_mod"]))
+        if not self.agent.binding_mod:  # restarted while etcd is unreachable: the generation last read
+            self.agent.generation = int(c.get("generation", 0))
         records = [(AddressRecord(n, ipaddress.ip_address(a), h, ct, bool(x)), int(m))
                    for n, a, h, ct, x, m in c["records"]]
         return rev, records, c["blocks"]
@@ -187,18 +201,33 @@ class ClusterSource:
         recs = list(records) + [(AddressRecord(e["network"], ipaddress.ip_address(e["address"]), self.host,
                                                e["container"]), 0) for e in journal]
         view = host_view(rev.files, rev.grid, self.host, [r for r, _ in recs])  # ManifestError: invalid
+        excl = self._parent_addresses(view.state)
+        # an automatic address of this host that its parent link carries (an address added to
+        # the parent later, or allocated before the daemon could see it): never used; a new
+        # one is allocated, the old key released once the host converged without it
+        displaced = [(r, m) for r, m in recs if r.host == self.host and not r.explicit
+                     and r.address in excl.get(r.network, ())]
+        if displaced:
+            from ..daemon import logs
+
+            for r, _ in displaced:
+                logs.warning("an automatic address is an address of this host's parent link: allocating "
+                             "another one", network=r.network, address=str(r.address), container=r.container)
+            recs = [x for x in recs if x not in displaced]
+            view = host_view(rev.files, rev.grid, self.host, [r for r, _ in recs])
         problems: Dict[Tuple[str, str, int], str] = {}
         if view.needs:
             for need in view.needs:
                 try:
                     if self.offline is None:
                         try:
-                            a = self.agent.allocate(need.network, need.container, need.family)
+                            a = self.agent.allocate(need.network, need.container, need.family,
+                                                    excl.get(need.network, ()))
                             recs.append((AddressRecord(need.network, a, self.host, need.container), 0))
                             continue
                         except EtcdUnavailable as e:
                             self.offline, self.bound = str(e), False
-                    a = self._allocate_offline(rev, need, recs, blocks)
+                    a = self._allocate_offline(rev, need, recs, blocks, excl.get(need.network, ()))
                     recs.append((AddressRecord(need.network, a, self.host, need.container), 0))
                 except PoolExhausted as e:
                     problems[(need.container, need.network, need.family)] = str(e)
@@ -210,29 +239,78 @@ class ClusterSource:
                            f"{need.network}: {why}")
         mods = {(r.network, str(r.address)): m for r, m in recs}
         stale = tuple(Stale(r.network, str(r.address), r.container, mods.get((r.network, str(r.address)), 0))
-                      for r in view.stale)
+                      for r in view.stale) + tuple(Stale(r.network, str(r.address), r.container, m)
+                                                   for r, m in displaced)
         journal = self.journal()
         return Loaded(rev.number, view.state, stale, tuple(waiting), self.offline,
                       tuple(e["conflict"] for e in journal if e.get("conflict")),
-                      sum(1 for e in journal if not e.get("conflict")))
+                      sum(1 for e in journal if not e.get("conflict")), view.fleet)
 
-    def _allocate_offline(self, rev: Revision, need, recs, blocks) -> ipaddress._BaseAddress:
+    def _parent_addresses(self, state: DesiredState) -> Dict[str, set]:
+        """network -> the addresses its parent link carries on this host (none known: empty)."""
+        if self.host_addresses is None:
+            return {}
+        try:
+            by_link = self.host_addresses()
+        except Exception as e:  # never let this stop the daemon: the compile check still refuses a clash
+            from ..daemon import logs
+
+            logs.warning("could not read this host's link addresses", error=str(e))
+            return {}
+        out = {}
+        for name, net in state.networks.items():
+            addrs = by_link.get(getattr(net, "parent", None) or "", ())
+            if addrs:
+                out[name] = {ipaddress.ip_address(a) for a in addrs}
+        return out
+
+    def _allocate_offline(self, rev: Revision, need, recs, blocks, exclude=()) -> ipaddress._BaseAddress:
         from ..daemon import logs
 
         owned = [ipaddress.ip_network(b) for b in blocks.get(need.network, [])]
         used = {r.address for r, _ in recs if r.network == need.network}
-        a = self.agent.owned_candidate(rev, need.network, need.family, owned, used) if owned else None
+        a = self.agent.owned_candidate(rev, need.network, need.family, owned, used, exclude) if owned else None
         if a is None:
             raise PoolExhausted(
                 f"etcd is unreachable and host {self.host} holds no block with a free IPv{need.family} "
                 f"address on {need.network}: it claims no new block until etcd is back")
         entries = self.journal()
         entries.append({"network": need.network, "address": str(a), "container": need.container,
-                        "family": need.family, "claim": uuid.uuid4().hex, "at": time.time()})
+                        "family": need.family, "claim": uuid.uuid4().hex, "at": time.time(),
+                        "generation": self.agent.generation})
         self._save_journal(entries)  # before the address is used: written to etcd after the heal
         logs.warning("etcd unreachable: address handed out from a block this host holds, journalled",
                      network=need.network, address=str(a), container=need.container)
         return a
+
+    # ---- cluster rejoin -------------------------------------------------------------------
+
+    def rejoined(self) -> Optional[int]:
+        """For a fenced daemon: the host's generation when `cluster rejoin` bound it to this
+        machine again (None while it is still forgotten or bound to another machine)."""
+        kv = self.store.get(self.keys.machine(self.host))
+        if kv is None:
+            return None
+        v = kv.json()
+        if v.get("forgotten") or v.get("machine_id") != self.agent.machine:
+            return None
+        return int(v.get("generation", 0))
+
+    def restart(self) -> List[Dict[str, Any]]:
+        """Start again from nothing this host owned (after `cluster rejoin`): a new agent, no
+        cached revision, no journal (what it held was freed by forget-host). The dropped
+        journal entries."""
+        dropped = self.journal()
+        if dropped:
+            self._save_journal([])
+        try:
+            os.unlink(self.cache_path)
+        except FileNotFoundError:
+            pass
+        old = self.agent
+        self.agent = Agent(self.store, self.keys, self.host, old.machine, old.lease_ttl)
+        self.bound = False
+        return dropped
 
     # ---- after a converge ------------------------------------------------------------------
 

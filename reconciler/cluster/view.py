@@ -16,7 +16,7 @@ container or attachment the revision no longer has are returned as ``stale`` (to
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..fleet import select
 from ..model import Attachment, Container, DesiredState, IPAddress, Network
@@ -47,6 +47,7 @@ class HostView:
     state: DesiredState
     needs: Tuple[Need, ...]
     stale: Tuple[AddressRecord, ...]
+    fleet: Optional[DesiredState] = None  # the whole revision (BIRD's peers and subnets come from it)
 
 
 def _with_grid(state: DesiredState, grid: Mapping[str, Any]) -> DesiredState:
@@ -127,7 +128,7 @@ def host_view(files: Sequence[Tuple[str, str]], grid: Mapping[str, Any], host: s
         slot = (r.container, r.network, r.address.version)
         if slot not in auto or got.get(slot) != r.address:
             stale.append(r)  # gone from the revision, explicit now, or a second address for a slot
-    return HostView(replace(mine, containers=containers, remote=remote), tuple(needs), tuple(stale))
+    return HostView(replace(mine, containers=containers, remote=remote), tuple(needs), tuple(stale), whole)
 
 
 def records_from_store(store, keys) -> List[AddressRecord]:

@@ -67,14 +67,18 @@ class ClusterDaemon(Daemon):
 
     # the seam: the desired state comes from etcd ---------------------------------------------
     def reload(self, force: bool = False) -> bool:
-        from ..cluster.alloc import HostForgotten, HostTaken
+        from ..cluster.alloc import HostForgotten, HostRejoined, HostTaken
         from ..cluster.store import EtcdUnavailable
 
         if self.fenced:
             return False
         c = self.status.cluster
         try:
-            loaded = self.source.load()
+            try:
+                loaded = self.source.load()
+            except HostRejoined as e:  # forgotten and rejoined while cut off: start from nothing
+                self.start_again(str(e))
+                loaded = self.source.load()
         except HostForgotten as e:
             self.fence(str(e))
             return False
@@ -102,6 +106,7 @@ class ClusterDaemon(Daemon):
             self.last_error = None
         previous, previous_rev = self.desired, self.revision
         self.desired, self.revision = loaded.state, loaded.revision
+        self._bird_full = (loaded.state, loaded.fleet or loaded.state)  # --bird-config: the whole revision
         self.stale = loaded.stale
         c["revision"] = loaded.revision
         self.status.manifest_valid = True
@@ -129,7 +134,7 @@ class ClusterDaemon(Daemon):
         return True
 
     def handle(self, batch) -> None:
-        if self.fenced:  # forget-host fenced this host: it changes nothing any more
+        if self.fenced and not self.try_rejoin():  # forget-host fenced this host: it changes nothing
             self.publish()
             return
         super().handle(batch)
@@ -205,6 +210,30 @@ class ClusterDaemon(Daemon):
         self.fenced = why
         self.status.cluster["fenced"] = why
 
+    def try_rejoin(self) -> bool:
+        """Fenced: has `cluster rejoin` bound this host to this machine again? Then start again
+        from nothing it owned (its containers get new addresses: the old ones were freed)."""
+        from ..cluster.store import EtcdUnavailable
+
+        try:
+            gen = self.source.rejoined()
+        except EtcdUnavailable:
+            return False
+        if gen is None:
+            return False
+        self.start_again(f"host {self.source.host} rejoined the cluster (generation {gen})")
+        self.triggers.put("etcd", "host rejoined", immediate=True)
+        return False  # the trigger reloads
+
+    def start_again(self, why: str) -> None:
+        dropped = self.source.restart()
+        logs.warning(f"{why}: starting again from nothing this host owned (what it held was freed by "
+                     "forget-host; its containers get new addresses)",
+                     dropped_journal=[f"{e['network']} {e['address']}" for e in dropped])
+        self.fenced = None
+        self.stale = ()
+        self.status.cluster.update(fenced=None, conflicts=[], journalled=0)
+
     def status_line(self) -> str:
         if self.fenced:
             return "fenced by cluster forget-host: changing and announcing nothing"
@@ -212,6 +241,17 @@ class ClusterDaemon(Daemon):
         if self.status.cluster.get("offline"):
             line += "; etcd unreachable: keeping everything, no new blocks"
         return line
+
+    def read_host_addresses(self):
+        """The addresses on this host's links (the agent never hands out a parent's own)."""
+        from ..kernel.hostaddrs import host_addresses
+
+        kernel = self._kernel_factory() if self._kernel_factory else self._new_kernel()
+        try:
+            return host_addresses(kernel)
+        finally:
+            if kernel is not None:
+                kernel.close()
 
     # the etcd watch and the lease ------------------------------------------------------------
     def follow(self) -> None:
@@ -239,7 +279,7 @@ class ClusterDaemon(Daemon):
                         connected = True
                     if msg.events:
                         resume = max(resume, *msg.events)
-                        self.triggers.put("etcd", "revision pointer changed")
+                        self.triggers.put("etcd", "revision pointer changed", immediate=True)  # atomic: no debounce
                     elif msg.revision and not msg.created:
                         resume = max(resume, msg.revision)  # progress: nothing changed up to here
             except EtcdUnavailable:
@@ -251,6 +291,44 @@ class ClusterDaemon(Daemon):
             if connected is not False:
                 self.triggers.put("etcd", "etcd watch lost")
             connected = False
+            self._stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+    def follow_addresses(self) -> None:
+        """Enqueue a reload when another host's address records change (thread): hosts files
+        list every container of the fleet on shared networks, with the addresses other hosts
+        allocate after a push (SPEC 6, 5.1). A burst of allocations coalesces: triggers that
+        arrive while a reload or reconcile runs are one more reload after it.
+        This host's own writes are skipped; a compacted or lost watch starts again from now
+        after a reload (which reads every record)."""
+        from ..cluster.store import EtcdUnavailable, watch_key
+
+        me, delay, resume = self.source.host, 0.5, 0
+        while not self._stop.is_set():
+            resume = max(resume, self.source.etcd_revision)  # after the last full read: nothing missed
+            lost = False
+            try:
+                for msg in watch_key(self.source.store, self.source.keys.addrs(), resume + 1 if resume else 0,
+                                     self._stop, prefix=True, slot="last_addr_watch"):
+                    if msg.compacted:
+                        resume, lost = 0, True
+                        break
+                    if msg.created:
+                        delay = 0.5
+                    if msg.events:
+                        resume = max(resume, *msg.events)
+                        if any(h != me for h in msg.hosts):
+                            self.triggers.put("etcd", "address records changed", immediate=True)
+                    elif msg.revision and not msg.created:
+                        resume = max(resume, msg.revision)
+                else:
+                    lost = True
+            except EtcdUnavailable:
+                lost = True
+            if self._stop.is_set():
+                return
+            if lost and not resume:
+                self.triggers.put("etcd", "address watch restarted")
             self._stop.wait(delay)
             delay = min(delay * 2, 5.0)
 
@@ -267,18 +345,20 @@ class ClusterDaemon(Daemon):
                 pass
 
     def start_threads(self) -> None:
-        for name, fn in (("etcd-watch", self.follow), ("etcd-lease", self.keep_lease)):
+        for name, fn in (("etcd-watch", self.follow), ("etcd-addresses", self.follow_addresses),
+                         ("etcd-lease", self.keep_lease)):
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()
             self._threads.append(t)
 
     def stop_threads(self) -> None:
         self._stop.set()
-        resp = getattr(self.source.store, "last_watch", None)
-        if resp is not None:
-            from ..cluster.store import interrupt_watch
+        from ..cluster.store import interrupt_watch
 
-            interrupt_watch(resp)
+        for slot in ("last_watch", "last_addr_watch"):
+            resp = getattr(self.source.store, slot, None)
+            if resp is not None:
+                interrupt_watch(resp)
         for t in self._threads:
             t.join(timeout=5)
         self._threads = []
@@ -302,7 +382,15 @@ def build(settings: WatchSettings) -> ClusterDaemon:
     import socket
 
     from ..cluster.source import ClusterSource
+    from ..cluster.store import Store, credentials
 
     host = settings.host or socket.gethostname().split(".")[0]
-    source = ClusterSource(settings.etcd, host, settings.state_dir, prefix=settings.prefix)
-    return ClusterDaemon(source, settings, etcd_url=settings.etcd)
+    source = ClusterSource(settings.etcd, host, settings.state_dir, prefix=settings.prefix,
+                           store=Store(settings.etcd, creds=credentials(settings)))
+    daemon = ClusterDaemon(source, settings, etcd_url=settings.etcd)
+    source.host_addresses = daemon.read_host_addresses
+    if settings.bird_config:  # as in file mode; the peers come from the revision
+        from ..birdctl import DEFAULT_SOCKET, BirdSync
+
+        daemon.bird_sync = BirdSync(settings.bird_config, settings.bird_socket or DEFAULT_SOCKET, host=host)
+    return daemon

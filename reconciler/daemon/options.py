@@ -31,3 +31,6 @@ def add_watch_arguments(p: argparse.ArgumentParser) -> None:
                    "paths (http://HOST:PORT, several separated by commas; needs the cluster extra)")
     p.add_argument("--prefix", default="/ipvlan-reconciler/",
                    help="with --etcd: the key prefix of the fleet (default /ipvlan-reconciler/)")
+    from ..cluster.options import add_credential_args
+
+    add_credential_args(p)

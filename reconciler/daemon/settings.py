@@ -32,6 +32,11 @@ class WatchSettings:
     bird_socket: Optional[str] = None
     etcd: Optional[str] = None  # cluster mode (daemon.clusterwatch)
     prefix: str = "/ipvlan-reconciler/"
+    etcd_cacert: Optional[str] = None  # TLS and auth towards etcd (cluster.store.credentials)
+    etcd_cert: Optional[str] = None
+    etcd_key: Optional[str] = None
+    etcd_user: Optional[str] = None
+    etcd_password_file: Optional[str] = None
     log_format: str = "text"
     log_level: str = "info"
 
@@ -48,9 +53,6 @@ class WatchSettings:
         s = cls(paths=tuple(getattr(args, "paths", None) or ()), **given)
         if s.etcd and s.paths:
             raise UserError("watch --etcd takes its manifests from etcd: give no PATH")
-        if s.etcd and s.bird_config:
-            raise UserError("watch --etcd does not keep a BIRD configuration yet: --bird-config works with "
-                            "manifest paths only")
         if not s.etcd and not s.paths:
             raise UserError("watch needs manifest directories (PATH...), or --etcd URL for cluster mode")
         return s

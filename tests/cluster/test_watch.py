@@ -413,8 +413,6 @@ def test_watch_takes_paths_or_etcd_never_both_nor_neither(capsys):
     assert "or --etcd URL for cluster mode" in capsys.readouterr().err
     assert main(["watch", "--etcd", "http://127.0.0.1:1", "some/dir"]) == 1
     assert "give no PATH" in capsys.readouterr().err
-    assert main(["watch", "--etcd", "http://127.0.0.1:1", "--bird-config", "/tmp/x.conf"]) == 1
-    assert "--bird-config works with manifest paths only" in capsys.readouterr().err
 
 
 def test_a_network_new_in_a_later_revision_gets_its_block_claimed_online(tmp_path, etcd, store, keys, host):

@@ -36,7 +36,6 @@ def test_options_reach_their_fields():
 @pytest.mark.parametrize("argv, message", [
     ((), "watch needs manifest directories"),
     (("/m", "--etcd", "http://e:2379"), "give no PATH"),
-    (("--etcd", "http://e:2379", "--bird-config", "/b"), "--bird-config works with manifest paths only"),
 ])
 def test_combinations_that_cannot_work_are_user_errors(argv, message):
     with pytest.raises(UserError, match=message):
