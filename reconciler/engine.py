@@ -238,8 +238,12 @@ def apply(
         # write-ahead: what we are about to create, so a kill mid-way leaves no orphan
         # ... and what we are about to delete: deleting a namespace is umount + unlink, and a
         # kill between the two leaves a plain file in /run/netns that carries no marker
-        intents = tuple(a.key for a in plan.actions if a.op in (Op.CREATE, Op.REPLACE, Op.DELETE)
-                        and a.kind in (Kind.VLAN, Kind.DUMMY, Kind.NETNS, Kind.ENDPOINT))
+        # ... and what an earlier killed run left to this one: an object it made but had not
+        # marked yet exists only through its intent until this run's UPDATE marks it
+        carried = tuple(k for k in state.intents if live.get(k) is not None)
+        intents = tuple(dict.fromkeys(carried + tuple(
+            a.key for a in plan.actions if a.op in (Op.CREATE, Op.REPLACE, Op.DELETE)
+            and a.kind in (Kind.VLAN, Kind.DUMMY, Kind.NETNS, Kind.ENDPOINT))))
         store.save(State(allocations=_merge_alloc(state.allocations, planned.allocations), intents=intents,
                          export_tables=tables))
         t = time.monotonic()
@@ -253,6 +257,7 @@ def apply(
             # every later run adopt -- and possibly delete -- that object.
             made = {a.key for a in result.done if a.op in (Op.CREATE, Op.REPLACE)}
             made |= {a.key for a, _ in result.failed if a.op is Op.DELETE}  # half-deleted: still ours
+            made |= set(carried) - {a.key for a in result.done if a.op is Op.DELETE}  # maybe unmarked still
             intents = tuple(k for k in intents if k in made)
         if not result.ok and rollback and result.done:
             live2, snap2 = observe_host(kernel, intents, tables=tables)
