@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +66,10 @@ def fleet(tmp_path):
         raise
     finally:
         logs = "".join(f"--- {h.name} watch.log\n{f.log(h)}\n" for h in f.hosts)
+        for h in f.hosts:  # kept (pytest keeps the last runs' tmp_path) for a look after a failure
+            for name in ("watch.log", "etcd.log"):
+                if os.path.exists(os.path.join(h.dir, name)):
+                    shutil.copy(os.path.join(h.dir, name), str(tmp_path / f"{h.name}-{name}"))
         f.close()
         print(logs)  # shown by pytest when the test failed
 
@@ -160,4 +165,79 @@ def test_a_partitioned_host_keeps_everything_uses_its_own_block_and_reconverges_
         for c, a in eps.items():
             assert after[name][c] == a
     assert all(after["h3"][c] == a for c, a in live3.items())
+    assert all(p.poll() is None for p in fleet.agents.values())
+
+
+def _log_has(fleet, h, needle: str, since: int) -> bool:
+    try:
+        with open(os.path.join(h.dir, "watch.log"), "rb") as f:
+            f.seek(since)
+            return needle.encode() in f.read()
+    except OSError:
+        return False
+
+
+def test_kill_9_of_an_agent_mid_apply_20_times_leaks_and_moves_nothing(fleet):
+    """Each round pushes a revision that adds 6 containers to h1 and removes up to 4 (names
+    are never reused), starts h1's agent and kills it (SIGKILL) at a random point: either a
+    random time after its start, or a random time after it logged that it loaded the revision
+    (so that many kills land inside the apply). After the last round the agent runs again:
+    after its converge and one leak-reconciliation period h1's keys are exactly its live
+    endpoints, and no container's address ever changed."""
+    h1, h2, h3 = fleet.hosts
+    seed = int(os.environ.get("KILL9_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    print(f"kill -9 test: seed {seed} (KILL9_SEED={seed} repeats it)")
+    period = 2.0  # --resync-interval: the leak-reconciliation period
+    others = [("a2", "h2"), ("a3", "h3")]
+    current = [f"k{i}" for i in range(4)]
+    manifest(fleet.manifests, [(c, "h1") for c in current] + others)
+    fleet.push(h1, fleet.manifests)
+    t0 = time.monotonic()
+    for h in fleet.hosts:
+        fleet.start_agent(h, "--resync-interval", str(period))
+    wait_for(lambda: converged(fleet, h1, 1), 60, "revision 1 on every host", interval=0.05)
+    full = time.monotonic() - t0  # spawn to converged and reported, as a bound for the kill points
+    seen = dict(fleet.endpoints(h1))  # container -> the one address it may ever have
+    outcomes = {"before the apply": 0, "mid-apply": 0, "after the apply": 0}
+    for rnd in range(20):
+        fleet.agents["h1"].kill()
+        fleet.agents["h1"].wait()
+        before = set(fleet.containers(h1))
+        gone = rng.sample(current, min(4, len(current)))
+        current = [c for c in current if c not in gone] + [f"r{rnd}x{j}" for j in range(6)]
+        manifest(fleet.manifests, [(c, "h1") for c in current] + others)
+        fleet.push(h1, fleet.manifests)
+        size = os.path.getsize(os.path.join(h1.dir, "watch.log"))
+        p = fleet.start_agent(h1, "--resync-interval", str(period))
+        netns = f"/proc/{h1.holder.pid}/root/run/netns"  # h1's containers, seen from here
+        if rnd % 3 == 0:  # anywhere from its start to well after its converge
+            time.sleep(rng.uniform(0, full))
+        elif rnd % 3 == 1:  # shortly after it read the revision (allocation, plan, apply)
+            wait_for(lambda: _log_has(fleet, h1, "etcd revision loaded", size) or p.poll() is not None,
+                     30, "h1's agent to load the revision", interval=0.005)
+            time.sleep(rng.uniform(0, 0.05))
+        else:  # inside the apply: once its first new container exists
+            wait_for(lambda: set(os.listdir(netns)) - before or p.poll() is not None
+                     or _log_has(fleet, h1, '"trigger":"start"', size), 30, "h1's agent to start the apply",
+                     interval=0.002)
+            time.sleep(rng.uniform(0, 0.02))
+        assert p.poll() is None, fleet.log(h1)  # it was running when killed
+        p.kill()
+        p.wait()
+        eps = fleet.endpoints(h1)
+        outcomes["before the apply" if set(fleet.containers(h1)) == before else
+                 "after the apply" if set(eps) == set(current) else "mid-apply"] += 1
+        for c, a in eps.items():
+            assert seen.setdefault(c, a) == a, f"round {rnd}: container {c} moved from {seen[c]} to {a}"
+    print(f"kill -9 points: {outcomes} (a full start-to-converged took {full:.2f} s)")
+    # restart; converge; one leak period later the keys are the live endpoints
+    fleet.start_agent(h1, "--resync-interval", str(period))
+    rev = 21
+    wait_for(lambda: converged(fleet, h1, rev), 60, f"revision {rev} on every host", interval=0.1)
+    time.sleep(period + 0.5)
+    live = keys_match_kernel(fleet, h1)
+    assert sorted(live["h1"]) == sorted(current)
+    for c, a in live["h1"].items():
+        assert seen.setdefault(c, a) == a, f"container {c} moved from {seen[c]} to {a}"
     assert all(p.poll() is None for p in fleet.agents.values())
