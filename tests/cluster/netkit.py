@@ -32,6 +32,11 @@ from fleetkit import ROOT, Fleet, FleetHost, _stop, wait_for  # noqa: E402
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 PREFIX = "/ipvlan-reconciler/"
 
+# POST {} to an etcd gateway URL, print the reply (no curl needed)
+_POST = """\
+import sys, urllib.request
+print(urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=b"{}"), timeout=2).read().decode())
+"""
 # every key under the prefix, as JSON {key: value}, read inside a host's namespace
 _DUMP = """\
 import json, sys
@@ -85,12 +90,11 @@ class ClusterFleet(Fleet):
         log.close()
 
     def sh_ok(self, h: FleetHost, what: str) -> bool:
-        p = h.sh(["curl", "-s", "-m", "2", "-X", "POST", "-d", "{}", f"{self.client_url(h)}/v3/{what}"], check=False)
+        p = h.sh([sys.executable, "-c", _POST, f"{self.client_url(h)}/v3/{what}"], check=False)
         return p.returncode == 0 and p.stdout.startswith("{") and '"error"' not in p.stdout
 
     def member_status(self, h: FleetHost) -> Optional[dict]:
-        p = h.sh(["curl", "-s", "-m", "2", "-X", "POST", "-d", "{}", f"{self.client_url(h)}/v3/maintenance/status"],
-                 check=False)
+        p = h.sh([sys.executable, "-c", _POST, f"{self.client_url(h)}/v3/maintenance/status"], check=False)
         try:
             return json.loads(p.stdout) if p.returncode == 0 else None
         except ValueError:
