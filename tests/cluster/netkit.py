@@ -49,18 +49,19 @@ print(json.dumps({kv.key[len(sys.argv[2]):]: kv.value.decode() for kv in kvs}))
 class ClusterFleet(Fleet):
     TOOLS = ("nsenter", "unshare", "bridge")
 
-    def __init__(self, n: int = 3, prefix: str = "kc-", workdir: Optional[str] = None, etcd: bool = True):
+    def __init__(self, n: int = 3, prefix: str = "kc-", workdir: Optional[str] = None, members: Optional[int] = None):
         if not os.access(ETCD, os.X_OK):
             raise AssertionError("the etcd binary is missing: install etcd-server (scripts/system-deps installs it)")
         super().__init__(n, prefix=prefix, workdir=workdir)
         self.etcd: Dict[str, subprocess.Popen] = {}
         self.agents: Dict[str, subprocess.Popen] = {}
-        if etcd:
+        self.members = self.hosts[:n if members is None else members]  # the hosts running an etcd member
+        if self.members:
             try:
-                for h in self.hosts:
+                for h in self.members:
                     self.start_etcd(h, new=True)
-                for h in self.hosts:
-                    wait_for(lambda: self.sh_ok(h, "maintenance/status"), 30, f"etcd on {h.name}")
+                for h in self.members:
+                    wait_for(lambda: self.sh_ok(h, "maintenance/status"), 120, f"etcd on {h.name}")
             except BaseException:
                 self.close()
                 raise
@@ -71,12 +72,12 @@ class ClusterFleet(Fleet):
         return f"http://{h.address}:2379"
 
     def urls(self, h: FleetHost) -> str:
-        """--etcd for host ``h``: its own member first, then the others."""
-        return ",".join([self.client_url(h)] + [self.client_url(o) for o in self.hosts if o is not h])
+        """--etcd for host ``h``: its own member first (when it runs one), then the others."""
+        return ",".join(self.client_url(o) for o in sorted(self.members, key=lambda o: o is not h))
 
     def start_etcd(self, h: FleetHost, new: bool = False) -> None:
         peer = f"http://{h.address}:2380"
-        cluster = ",".join(f"{o.name}=http://{o.address}:2380" for o in self.hosts)
+        cluster = ",".join(f"{o.name}=http://{o.address}:2380" for o in self.members)
         data = os.path.join(self.dir, h.name, "etcd")
         log = open(os.path.join(h.dir, "etcd.log"), "ab")
         self.etcd[h.name] = subprocess.Popen(
