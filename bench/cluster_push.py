@@ -73,11 +73,12 @@ def agent_main(args) -> int:
     import ipaddress as ia
 
     import reconciler.kernel.apply as kapply
-    from reconciler import engine
+    import reconciler.kernel.observe as kobserve
     from reconciler.cluster.source import ClusterSource
     from reconciler.daemon import logs
     from reconciler.daemon.clusterwatch import ClusterDaemon
     from reconciler.kernel.apply import ApplyResult
+    from reconciler.kernel.observe import Observation
     from reconciler.objects import HostFacts, HostLink, HostState, Kind
     from reconciler.plan import Op
 
@@ -96,7 +97,7 @@ def agent_main(args) -> int:
                 objects[x.key] = x.after
         return ApplyResult(done=list(actions))
 
-    engine.observe_host = lambda kernel, intents=(), *a, **kw: (HostState(objects.values(), facts), None)
+    kobserve.observe = lambda kernel, intents=(), *a, **kw: Observation(HostState(objects.values(), facts), None, {})
     kapply.execute = execute
 
     class FakeKernel:

@@ -190,7 +190,7 @@ def apply(
             run.out.verify = plan_verify(planned.plan)
             run.remember(first)
         else:
-            on_disk = run.record_intents(state, planned)
+            on_disk = run.record_intents(state, planned, first.live)
             store.save(on_disk)  # write-ahead: see record_intents
             run.execute(first, rollback)
             run.remember(run.verify(first))
@@ -214,6 +214,7 @@ class _Run:
         self.tables: Tuple[int, ...] = ()  # observed: the wanted export table and leftovers
         self.planned: Optional[Planned] = None
         self.intents: Tuple[Key, ...] = ()  # keys recorded as ours while the run is in flight
+        self.carried: Tuple[Key, ...] = ()  # intents an earlier killed run left, still present
         self.out = ApplyOutcome(plan=Plan())
 
     def _timed(self, phase: str, t: float) -> None:
@@ -242,13 +243,17 @@ class _Run:
         self._timed("plan", t)
         return self.planned
 
-    def record_intents(self, state: State, planned: Planned) -> State:
+    def record_intents(self, state: State, planned: Planned, live: HostState) -> State:
         """The write-ahead record, saved before anything is executed: what we are about to
         create, so a kill mid-way leaves no orphan, and what we are about to delete (deleting
         a namespace is umount + unlink, and a kill between the two leaves a plain file in
-        /run/netns that carries no marker). Old and new automatic choices stay reserved."""
-        self.intents = tuple(a.key for a in planned.plan.actions if a.op in (Op.CREATE, Op.REPLACE, Op.DELETE)
-                             and a.kind in (Kind.VLAN, Kind.DUMMY, Kind.NETNS, Kind.ENDPOINT))
+        /run/netns that carries no marker); and what an earlier killed run left to this one
+        (``carried``): an object it made but had not marked yet exists only through its intent
+        until this run's UPDATE marks it. Old and new automatic choices stay reserved."""
+        self.carried = tuple(k for k in state.intents if live.get(k) is not None)
+        self.intents = tuple(dict.fromkeys(self.carried + tuple(
+            a.key for a in planned.plan.actions if a.op in (Op.CREATE, Op.REPLACE, Op.DELETE)
+            and a.kind in (Kind.VLAN, Kind.DUMMY, Kind.NETNS, Kind.ENDPOINT))))
         return State(allocations=_merge_alloc(state.allocations, planned.allocations), intents=self.intents,
                      export_tables=self.tables)
 
@@ -269,6 +274,7 @@ class _Run:
         # every later run adopt -- and possibly delete -- that object.
         made = {a.key for a in result.done if a.op in (Op.CREATE, Op.REPLACE)}
         made |= {a.key for a, _ in result.failed if a.op is Op.DELETE}  # half-deleted: still ours
+        made |= set(self.carried) - {a.key for a in result.done if a.op is Op.DELETE}  # maybe unmarked still
         self.intents = tuple(k for k in self.intents if k in made)
         if rollback and result.done:
             now = observe(self.kernel, self.intents, tables=self.tables)

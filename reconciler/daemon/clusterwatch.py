@@ -139,6 +139,12 @@ class ClusterDaemon(Daemon):
             return
         super().handle(batch)
 
+    def reconcile(self, batch, changed: bool) -> None:
+        # the file daemon compares the plan's pending with the last one; containers waiting for
+        # an address are added in finish() and announced by reload(): not "nothing pending any more"
+        self.status.pending = [p for p in self.status.pending if p not in self.waiting]
+        super().reconcile(batch, changed)
+
     def finish(self, result: str, started: float, seconds: float, exit_code: Optional[int]) -> None:
         if result in ("converged", "pending") and self.converged_generation == self.generation:
             self.converged_revision = self.revision

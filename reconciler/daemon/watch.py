@@ -54,6 +54,19 @@ from .triggers import Backoff, Batch, TriggerQueue
 
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 DRIFT_SOURCES = ("netlink", "netns")
+# si_code of a signal someone sent: kill(), sigqueue(), tkill(), the kernel (e.g. a tty hangup)
+_SENT = (0, -1, -6, 0x80)
+
+
+def wait_signal(timeout: float) -> Optional[int]:
+    """One of SIGNALS within ``timeout`` seconds, or None. CPython (3.11 at least) returns an
+    unfilled siginfo -- garbage numbers -- when a stop/continue (SIGSTOP then SIGCONT, a
+    debugger) interrupts sigtimedwait after its timeout passed; that was a crash (an invalid
+    signal number) or a spurious SIGHUP. Such a wake-up consumed no signal: it is a timeout."""
+    info = signal.sigtimedwait(SIGNALS, timeout)
+    if info is None or info.si_signo not in SIGNALS or info.si_code not in _SENT:
+        return None
+    return info.si_signo
 MAX_LOGGED_ACTIONS = 50
 
 
@@ -592,12 +605,12 @@ class Daemon:
         try:
             while True:
                 timeout = 1.0 if wd is None else max(0.05, min(1.0, next_ping - self.clock()))
-                info = signal.sigtimedwait(SIGNALS, timeout)
-                if info is not None:
-                    if info.si_signo == signal.SIGHUP:
+                signo = wait_signal(timeout)
+                if signo is not None:
+                    if signo == signal.SIGHUP:
                         self.triggers.put("hup", "SIGHUP", immediate=True)
                     else:
-                        logs.info(f"{signal.Signals(info.si_signo).name}: stopping; the network stays as it is")
+                        logs.info(f"{signal.Signals(signo).name}: stopping; the network stays as it is")
                         break
                 if not self.thread.is_alive():
                     logs.error("the reconcile thread ended unexpectedly; exiting")

@@ -227,8 +227,10 @@ def _stop(p: Optional[subprocess.Popen], sig: int) -> None:
 
 
 class Fleet:
+    TOOLS = ("nsenter", "unshare", "bridge", "bird", "birdc")  # a subclass without BIRD needs fewer
+
     def __init__(self, n: int = 3, prefix: str = "kf-", workdir: Optional[str] = None, v6: bool = False):
-        for tool in ("nsenter", "unshare", "bridge", "bird", "birdc"):
+        for tool in self.TOOLS:
             if shutil.which(tool) is None:
                 raise AssertionError(f"{tool} is not installed (BIRD: apt-get install bird2)")
         self.prefix = prefix
