@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import ipam
-from .compile import CompileMemo, compile_state
+from .compile import CompileMemo, Compiled, compile_state
 from .errors import Bug, PlanError
 from .livestate import load_state_json, read_state_file  # noqa: F401
 from .model import DesiredState
@@ -69,6 +69,8 @@ class Planned:
     plan: Plan
     resolved: DesiredState
     allocations: ipam.Allocations
+    # what compile made of ``resolved`` (the daemon's scoped reconcile keeps it as its base)
+    compiled: Optional[Compiled] = None
 
 
 def plan_for(
@@ -91,7 +93,7 @@ def plan_for(
         warnings=warnings,
         problems=compiled.problems,
     )
-    return Planned(plan=plan, resolved=resolved, allocations=allocations)
+    return Planned(plan=plan, resolved=resolved, allocations=allocations, compiled=compiled)
 
 
 def offline_live(live_state_file: Optional[str]) -> HostState:
@@ -191,6 +193,7 @@ def apply(
     lock_timeout: float = 60.0,
     cache: Optional[ObservationCache] = None,
     check: Optional[Callable[[HostState, State, Planned], None]] = None,
+    planner: Optional[Callable[..., Planned]] = None,
 ) -> ApplyOutcome:
     """Observe, plan, execute, verify -- under the writer lock.
 
@@ -199,11 +202,15 @@ def apply(
 
     With a ``cache`` (the daemon) namespaces it vouches for are not dumped again; verify
     re-dumps only what this run touched (everything after a failure or a change to a host
-    link, whose deletion takes endpoints in other namespaces with it)."""
+    link, whose deletion takes endpoints in other namespaces with it).
+
+    ``planner`` (the daemon's ``daemon.scope.ScopedPlanner``) replaces ``plan_for`` for the
+    plan and the verify: same arguments, same result."""
     from .kernel.apply import execute, rollback_plan
 
     t0 = time.monotonic()
     phases: Dict[str, float] = {}
+    plan_for_ = planner or plan_for
     with store.lock(lock_timeout):
         state = store.load()
         tables = export_tables(desired, state)
@@ -217,7 +224,7 @@ def apply(
         phases["observe"] = time.monotonic() - t
         t = time.monotonic()
         memo = cache.compile_memo if cache is not None else None
-        planned = plan_for(desired, live, state, memo=memo)
+        planned = plan_for_(desired, live, state, memo=memo)
         phases["plan"] = time.monotonic() - t
         if check is not None:
             check(live, state, planned)
@@ -274,7 +281,7 @@ def apply(
             live_after, snap_after = observe_host(kernel, intents, tables=tables)
         verify_state = State(allocations=planned.allocations)
         try:
-            out.verify = plan_for(desired, live_after, verify_state, memo=memo).plan
+            out.verify = plan_for_(desired, live_after, verify_state, memo=memo).plan
         except PlanError as e:
             if result.ok:
                 raise Bug(f"verification could not plan after apply: {e}")

@@ -132,6 +132,7 @@ class Daemon:
         self.monitor = None
         self.monitor_kernel = None
         self.observation = None  # engine.ObservationCache, once the netlink monitor runs
+        self.scope = None  # scope.ScopedPlanner (issue 12), with the observation cache
         self.metrics_server: Optional[MetricsServer] = None
         self.thread: Optional[threading.Thread] = None
         self._status_warned = False
@@ -156,6 +157,8 @@ class Daemon:
         try:
             fn = self._apply or engine.apply
             extra = {"cache": self.observation} if self.observation is not None else {}
+            if self.scope is not None:
+                extra["planner"] = self.scope
             return fn(desired, self.store, kernel, rollback=True, lock_timeout=self.lock_timeout, **extra)
         finally:
             if kernel is not None:  # None: a test's kernel_factory
@@ -340,6 +343,8 @@ class Daemon:
             batch.has("start", "hup") or "resync" in batch.timers or "retry" in batch.timers
         ):
             self.observation.snapshot = None  # observe every namespace afresh
+        if self.scope is not None:  # the same triggers plan everything (docs/daemon.md)
+            self.scope.full = batch.has("start", "hup") or "resync" in batch.timers or "retry" in batch.timers
         try:
             out = self.apply(desired)
         except Exception as e:
@@ -452,6 +457,8 @@ class Daemon:
         if self.observation is not None:
             extra["namespaces_dumped"] = self.observation.dumped
             extra["namespaces_reused"] = self.observation.reused
+        if self.scope is not None and self.scope.last:
+            extra["plan_scope"] = self.scope.describe()
         return extra
 
     def reconcile_failed(self, e: BaseException, seconds: float, trigger: str) -> None:
@@ -595,6 +602,9 @@ class Daemon:
         self.observation = ObservationCache(
             lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held
         )
+        from .scope import ScopedPlanner
+
+        self.scope = ScopedPlanner()
 
     def stop_watchers(self) -> None:
         for name, fn in (
