@@ -602,9 +602,10 @@ class Daemon:
         self.observation = ObservationCache(
             lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held
         )
-        from .scope import ScopedPlanner
+        if os.environ.get("IPVLAN_RECONCILER_SCOPE", "1") != "0":  # 0: every plan in full (to compare)
+            from .scope import ScopedPlanner
 
-        self.scope = ScopedPlanner()
+            self.scope = ScopedPlanner()
 
     def stop_watchers(self) -> None:
         for name, fn in (
