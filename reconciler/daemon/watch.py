@@ -9,9 +9,10 @@ Threads:
 * watchers -- watchdog (manifest files), the netlink monitor (drift and
   /run/netns), the metrics HTTP server: they only enqueue (or read counters).
 
-Every reconcile plans the whole desired state against the whole host, so any
-trigger -- a file edit, a link deleted by hand, a missing parent appearing,
-the periodic resync -- converges everything. What it does not do every time
+Any trigger -- a file edit, a link deleted by hand, a missing parent appearing,
+the periodic resync -- converges everything. Between full reconciles (start,
+SIGHUP, retries, the periodic resync) the plan is scoped to what changed
+(``scope.ScopedPlanner``, docs/daemon.md). What it does not do every time
 is dump every namespace: the netlink monitor watches each of ours, and a
 namespace in which nothing that matters changed since its last dump (the same
 namespace: netns cookie of the monitor's socket in it; monitored from before
