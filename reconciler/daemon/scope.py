@@ -35,6 +35,8 @@ base's (a failed run merged them) or its problem flag; IPAM or compile reporting
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from itertools import compress
+from operator import is_not
 from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 from .. import ipam
@@ -197,9 +199,12 @@ class ScopedPlanner:
                 raise Fallback("containers reordered")
         drift: Set[str] = set()
         bl = b.live
-        for k, o in live.objects.items():
-            p = bl.get(k)
-            if p is not o and p != o:
+        # a namespace dump reused from the last observation gives the very same objects:
+        # find the others at C speed, then compare those (hosts files, re-dumped namespaces)
+        keys = list(live.objects)
+        others = compress(keys, map(is_not, live.objects.values(), map(bl.get, keys)))
+        for k in others:
+            if bl.get(k) != live.objects[k]:
                 if k[0] not in NS_KINDS:
                     raise Fallback("a host-namespace object changed")
                 drift.add(k[1])
