@@ -17,7 +17,8 @@ from reconciler import engine
 from reconciler.daemon.nlmonitor import NetlinkMonitor
 from reconciler.daemon.scope import ScopedPlanner
 from reconciler.kernel.host import Kernel
-from reconciler.manifest import load
+from reconciler.errors import ManifestError
+from reconciler.manifest import load, load_texts
 from reconciler.state import StateStore
 
 STEPS = int(os.environ.get("IPVLAN_SCOPED_STEPS", "20"))
@@ -39,8 +40,12 @@ class Edits:
         self.pad = 0
         self.containers = {}
         self.names = iter(f"sq{i}" for i in range(1000))
-        for _ in range(5):
+        while len(self.containers) < 5:
             self.add()
+            try:
+                load_texts([("m.yaml", self.text())])
+            except ManifestError:  # an alias or address taken twice
+                self.containers.popitem()
 
     def text(self) -> str:
         out = ["version: 1"] + ["# moved"] * self.pad + ["networks:"]
