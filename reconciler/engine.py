@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 from . import ipam
-from .compile import CompileMemo, compile_state
+from .compile import CompileMemo, Compiled, compile_state
 from .errors import Bug, PlanError
 from .livestate import load_state_json, read_state_file  # noqa: F401
 from .model import DesiredState
@@ -70,6 +70,8 @@ class Planned:
     plan: Plan
     resolved: DesiredState
     allocations: ipam.Allocations
+    # what compile made of ``resolved`` (the daemon's scoped reconcile keeps it as its base)
+    compiled: Optional[Compiled] = None
 
 
 def plan_for(
@@ -92,7 +94,7 @@ def plan_for(
         warnings=warnings,
         problems=compiled.problems,
     )
-    return Planned(plan=plan, resolved=resolved, allocations=allocations)
+    return Planned(plan=plan, resolved=resolved, allocations=allocations, compiled=compiled)
 
 
 def offline_live(live_state_file: Optional[str]) -> HostState:
@@ -167,6 +169,7 @@ def apply(
     lock_timeout: float = 60.0,
     cache: Optional[ObservationCache] = None,
     check: Optional[Callable[[HostState, State, Planned], None]] = None,
+    planner: Optional[Callable[..., Planned]] = None,
 ) -> ApplyOutcome:
     """Observe, plan, record intents, execute (rolling back on failure), verify, save --
     under the writer lock. Each step is a method of :class:`_Run`; the state directory is
@@ -177,8 +180,11 @@ def apply(
 
     With a ``cache`` (the daemon) namespaces it vouches for are not dumped again; verify
     re-dumps only what this run touched (everything after a failure or a change to a host
-    link, whose deletion takes endpoints in other namespaces with it)."""
-    run = _Run(desired, kernel, cache)
+    link, whose deletion takes endpoints in other namespaces with it).
+
+    ``planner`` (the daemon's ``daemon.scope.ScopedPlanner``) replaces ``plan_for`` for the
+    plan and the verify: same arguments, same result."""
+    run = _Run(desired, kernel, cache, planner)
     with store.lock(lock_timeout):
         state = store.load()
         first = run.observe(state)
@@ -203,8 +209,10 @@ def apply(
 class _Run:
     """One apply's steps and what they leave for the next (``apply`` runs them in order)."""
 
-    def __init__(self, desired: DesiredState, kernel: "Kernel", cache: Optional[ObservationCache]):
+    def __init__(self, desired: DesiredState, kernel: "Kernel", cache: Optional[ObservationCache],
+                 planner: Optional[Callable[..., Planned]] = None):
         self.desired = desired
+        self.plan_for = planner or plan_for  # the daemon's scoped planner, else the full one
         self.kernel = kernel
         self.cache = cache
         self.memo = cache.compile_memo if cache is not None else None
@@ -238,7 +246,7 @@ class _Run:
 
     def plan(self, state: State, obs: "Observation") -> Planned:
         t = time.monotonic()
-        self.planned = plan_for(self.desired, obs.live, state, memo=self.memo)
+        self.planned = self.plan_for(self.desired, obs.live, state, memo=self.memo)
         self.out.plan = self.planned.plan
         self._timed("plan", t)
         return self.planned
@@ -305,8 +313,8 @@ class _Run:
         else:
             after = observe(self.kernel, self.intents, tables=self.tables)
         try:
-            self.out.verify = plan_for(self.desired, after.live, State(allocations=self.planned.allocations),
-                                       memo=self.memo).plan
+            self.out.verify = self.plan_for(self.desired, after.live, State(allocations=self.planned.allocations),
+                                            memo=self.memo).plan
         except PlanError as e:
             if result.ok:
                 raise Bug(f"verification could not plan after apply: {e}")

@@ -9,9 +9,10 @@ Threads:
 * watchers -- watchdog (manifest files), the netlink monitor (drift and
   /run/netns), the metrics HTTP server: they only enqueue (or read counters).
 
-Every reconcile plans the whole desired state against the whole host, so any
-trigger -- a file edit, a link deleted by hand, a missing parent appearing,
-the periodic resync -- converges everything. What it does not do every time
+Any trigger -- a file edit, a link deleted by hand, a missing parent appearing,
+the periodic resync -- converges everything. Between full reconciles (start,
+SIGHUP, retries, the periodic resync) the plan is scoped to what changed
+(``scope.ScopedPlanner``, docs/daemon.md). What it does not do every time
 is dump every namespace: the netlink monitor watches each of ours, and a
 namespace in which nothing that matters changed since its last dump (the same
 namespace: netns cookie of the monitor's socket in it; monitored from before
@@ -140,6 +141,7 @@ class Daemon:
         self.monitor = None
         self.monitor_kernel = None
         self.observation = None  # engine.ObservationCache, once the netlink monitor runs
+        self.scope = None  # scope.ScopedPlanner (issue 12), with the observation cache
         self.metrics_server: Optional[MetricsServer] = None
         self.thread: Optional[threading.Thread] = None
         self._status_warned = False
@@ -164,6 +166,8 @@ class Daemon:
         try:
             fn = self._apply or engine.apply
             extra = {"cache": self.observation} if self.observation is not None else {}
+            if self.scope is not None:
+                extra["planner"] = self.scope
             return fn(desired, self.store, kernel, rollback=True, lock_timeout=self.lock_timeout, **extra)
         finally:
             if kernel is not None:  # None: a test's kernel_factory
@@ -348,6 +352,8 @@ class Daemon:
             batch.has("start", "hup") or "resync" in batch.timers or "retry" in batch.timers
         ):
             self.observation.snapshot = None  # observe every namespace afresh
+        if self.scope is not None:  # the same triggers plan everything (docs/daemon.md)
+            self.scope.full = batch.has("start", "hup") or "resync" in batch.timers or "retry" in batch.timers
         try:
             out = self.apply(desired)
         except Exception as e:
@@ -449,6 +455,8 @@ class Daemon:
         if self.observation is not None:
             extra["namespaces_dumped"] = self.observation.dumped
             extra["namespaces_reused"] = self.observation.reused
+        if self.scope is not None and self.scope.last:
+            extra["plan_scope"] = self.scope.describe()
         return extra
 
     def reconcile_failed(self, e: BaseException, seconds: float, trigger: str) -> None:
@@ -567,6 +575,10 @@ class Daemon:
         self.observation = ObservationCache(
             lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held
         )
+        if os.environ.get("IPVLAN_RECONCILER_SCOPE", "1") != "0":  # 0: every plan in full (to compare)
+            from .scope import ScopedPlanner
+
+            self.scope = ScopedPlanner()
 
     def stop_watchers(self) -> None:
         for name, fn in (

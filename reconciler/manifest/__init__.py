@@ -258,7 +258,9 @@ def check_documents(docs: Sequence[Document], diags: Iterable[Diagnostic] = ()) 
             bad[i] = {()}
             incomplete = True
             continue
-        d, where = _schema.diagnostics(doc)
+        if doc.schema is None:
+            doc.schema = _schema.diagnostics(doc)
+        d, where = list(doc.schema[0]), set(doc.schema[1])
         if d:
             problems.extend(d)
             bad[i] = where

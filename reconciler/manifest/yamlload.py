@@ -130,6 +130,9 @@ class Document:
     root_pos: Pos = START
     ok: bool = True  # False: a fatal error; root is unusable
     _lines: Optional[List[str]] = field(default=None, repr=False)
+    # its schema check's result, once made: a parsed document is never changed, and the
+    # daemon's ParseCache hands the same one to every load while its file's bytes are equal
+    schema: Optional[Tuple[Any, Any]] = field(default=None, repr=False, compare=False)
 
     def line(self, n: int) -> Optional[str]:
         """Source line n (1-based), for diagnostics."""

@@ -1017,3 +1017,33 @@ def test_netlink_monitor_host_namespace_bgp_routes():
     assert c(_route(RTM_DELROUTE, "10.40.1.5", 32, table=200)) == "host namespace: route 10.40.1.5/32 deleted"
     assert c(bird_route(RTM_NEWROUTE, "10.40.2.5")) is None
     assert c(_route(RTM_NEWROUTE, "10.9.0.0", 16)) == "host namespace: route 10.9.0.0/16 added"
+
+
+def test_the_start_sighup_retries_and_the_resync_plan_everything_edits_and_drift_are_scoped(tmp_path, quiet_logs):
+    """The daemon hands its ScopedPlanner to every apply and tells it when to plan in full:
+    the full path stays the judge at the start, on SIGHUP, on a retry and at each resync."""
+    from reconciler.daemon.scope import ScopedPlanner
+
+    h = Harness(tmp_path, {"a.yaml": "c1"})
+    h.d.scope = ScopedPlanner()
+    full = []
+
+    def apply(desired, store, kernel, rollback=True, lock_timeout=60, planner=None):
+        assert planner is h.d.scope
+        full.append(planner.full)
+        return Harness.apply(h, desired, store, kernel)
+
+    h.d._apply = apply
+    h.step("start")
+    (h.dir / "a.yaml").write_text("c1 c2")
+    h.step("file", immediate=False)
+    h.step("netlink", detail="c1: address deleted")
+    assert full == [True, False, False]
+    h.fire_timers()  # the periodic resync
+    h.step("hup")
+    assert full == [True, False, False, True, True]
+    h.next_outcomes = [LockHeld("another run holds the lock")]
+    (h.dir / "a.yaml").write_text("c1 c2 c3")
+    h.step("file", immediate=False)
+    h.fire_timers()  # the retry
+    assert full == [True, False, False, True, True, False, True]

@@ -309,3 +309,28 @@ def test_libyaml_comes_from_ruamel_yaml_clib_never_clibz():
     env = {k: v for k, v in os.environ.items() if k != "IPVLAN_RECONCILER_PURE_YAML"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.split() == ["True", "None"], out
+
+
+def test_parse_cache_schema_checks_only_files_whose_bytes_changed(tmp_path, monkeypatch):
+    """The daemon's reload: a file taken from the parse cache keeps its schema check's
+    result; its schema errors are still reported every time, the same."""
+    from reconciler.errors import ManifestError
+    from reconciler.manifest import ParseCache, load
+    from reconciler.manifest import schema
+
+    calls = []
+    real = schema.diagnostics
+    monkeypatch.setattr(schema, "diagnostics", lambda doc: calls.append(doc.file) or real(doc))
+    d = _cache_dir(tmp_path)
+    cache = ParseCache()
+    first = load([str(d)], cache)
+    assert len(calls) == 2
+    assert load([str(d)], cache) == first and len(calls) == 2  # nothing checked again
+    (d / "10-c.yaml").write_text("version: 1\ncontainers:\n  c1: {networks: {n1: {ip: 1}}}\n")
+    messages = []
+    for checked in (3, 3):
+        with pytest.raises(ManifestError) as e:
+            load([str(d)], cache)
+        assert len(calls) == checked
+        messages.append(str(e.value))
+    assert messages[0] == messages[1] and "10-c.yaml:3:" in messages[0]
