@@ -1083,3 +1083,30 @@ def test_fingerprint_with_the_parse_cache_reads_each_manifest_once(tmp_path, mon
     assert sorted(load([str(d)], cache).containers) == ["c1"]
     assert fingerprint([str(d)], cache)[0] != digest  # the next event's reload sees c2
     assert sorted(load([str(d)], cache).containers) == ["c2"]
+
+
+def test_netlink_monitor_forgets_fds_it_never_registered_or_closed(tmp_path):
+    """The monitor waits on epoll (one wake-up costs the same at 10,000 namespaces as at 10):
+    forgetting an fd number that is not registered (reused after a close it did not see,
+    or already closed) must not raise, as it did not with poll()."""
+    from reconciler.daemon.nlmonitor import NetlinkMonitor
+
+    class K:
+        netns_dir = str(tmp_path)
+
+        def ns_path(self, name):
+            return str(tmp_path / name)
+
+        def list_netns(self):
+            return []
+
+    mon = NetlinkMonitor(K(), lambda src, detail: None)
+    r, w = os.pipe()
+    try:
+        mon._forget_fd(r)  # never registered
+        mon._poller.register(r)
+        os.close(r)
+        mon._forget_fd(r)  # registered, then closed under it
+    finally:
+        os.close(w)
+        mon.stop()
