@@ -603,6 +603,12 @@ def daemon_latency(args, work: str, n: int, errors: List[str]) -> dict:
             _wait_idle(proc.pid, quiet=0.5)
         probe.close()
         hwm = _vm_hwm_kb(proc.pid)
+        idle_cpu = None
+        if getattr(args, "idle_seconds", 0):  # idle CPU: the daemon's user+system time over that span
+            c0, t0i = _cpu_ticks(proc.pid), time.monotonic()
+            time.sleep(args.idle_seconds)
+            idle_cpu = (_cpu_ticks(proc.pid) - c0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0i)
+            log(f"P5 idle CPU at {n}: {100 * idle_cpu:.2f} % of one core over {args.idle_seconds:.0f} s")
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -614,7 +620,7 @@ def daemon_latency(args, work: str, n: int, errors: List[str]) -> dict:
         logf.close()
         teardown(es, work, state)
     return {"containers": n, "initial_converge_s": initial, "latencies_s": lats,
-            "median_s": statistics.median(lats), "vm_hwm_kb": hwm}
+            "median_s": statistics.median(lats), "vm_hwm_kb": hwm, "idle_cpu": idle_cpu}
 
 
 def p4_p5(args, work: str, results: dict, errors: List[str]) -> None:
@@ -718,6 +724,7 @@ def main(argv=None) -> int:
     ap.add_argument("--daemon-small", type=int, default=10)
     ap.add_argument("--daemon-big", type=int, default=0, help="P4/P5 size (default: --containers)")
     ap.add_argument("--edits", type=int, default=5)
+    ap.add_argument("--idle-seconds", type=float, default=0, help="P5: after the edits, measure the daemon's idle CPU this long")
     ap.add_argument("--sample", type=int, default=20, help="namespaces also compared with `ip -j`")
     ap.add_argument("--work", help="work directory (default: a temporary one)")
     ap.add_argument("--logdir", help="where the daemon logs go (default: the work directory)")

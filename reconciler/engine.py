@@ -302,6 +302,12 @@ class _Run:
         if c is not None and result.ok and self.out.rollback is None and not any(
             a.kind in (Kind.VLAN, Kind.DUMMY) for a in plan.actions
         ):
+            scoped = getattr(self.plan_for, "verify_scoped", None)  # the daemon's scoped planner
+            got = scoped(self.kernel, self.intents, before) if scoped is not None and not self.tables else None
+            if got is not None:  # only the plan's scope dumped and compared (daemon/scope.py)
+                self.out.verify, after = got
+                self._timed("verify", t)
+                return after if self.out.verify.empty else None
             touched = {a.key[1] for a in plan.actions if a.kind is not Kind.HOSTS}  # files: always re-read
             base = c.still_valid
 

@@ -43,8 +43,13 @@ def manifest_files(paths: List[str]) -> Tuple[List[str], List[str]]:
     return s.files, [d.loc.file for d in s.missing]
 
 
-def fingerprint(paths: List[str]) -> Tuple[str, List[str], List[str]]:
-    """A digest of every manifest's name and content: equal digests load equally."""
+def fingerprint(paths: List[str], cache=None) -> Tuple[str, List[str], List[str]]:
+    """A digest of every manifest's name and content: equal digests load equally.
+
+    ``cache`` (the daemon's ``manifest.ParseCache``) hashes each file's bytes and keeps
+    them for the load that follows: every file is read and hashed once per reload."""
+    if cache is not None:
+        cache.drop_primed()
     s = _scan(paths)
     files, missing = s.files, [d.loc.file for d in s.missing]
     h = hashlib.sha256()
@@ -56,7 +61,9 @@ def fingerprint(paths: List[str]) -> Tuple[str, List[str], List[str]]:
         h.update(b"file\0" + f.encode("utf-8", "surrogateescape") + b"\0")
         # read as the loader reads: never blocking (a file swapped for a FIFO meanwhile)
         data, failed = _read_bytes(f)
-        if data is not None:
+        if data is not None and cache is not None:
+            h.update(str(len(data)).encode() + b"\0" + cache.digest(f, data))
+        elif data is not None:
             h.update(str(len(data)).encode() + b"\0" + data)
         else:
             h.update(f"error {failed[1][0].message}\0".encode("utf-8", "surrogateescape"))

@@ -31,6 +31,14 @@ namespaces) that differs from the base's; the state directory's allocations not 
 base's (a failed run merged them) or its problem flag; IPAM or compile reporting anything
 (the full path reports it the way it always has); a scope larger than half the containers.
 ``last`` says which way the last plan went and why (the daemon logs it).
+
+The scoped verify (``verify_scoped``, called by ``engine._Run.verify``): after a scoped plan
+that was executed cleanly and changed no host link, only the scope's namespaces are dumped
+again and their hosts files read (``kernel.partial.refresh_snapshot``), and only they are
+compared with what the scoped plan wanted (``verify_plan``); an empty result makes the new
+base (the live objects outside the scope are the first observation's, which the scoped plan
+found equal to the base's). Anything else -- a full plan, a failure, a rollback, a host link
+changed, BGP export tables -- verifies the way it always has.
 """
 from __future__ import annotations
 
@@ -72,6 +80,18 @@ class Base:
     notes: Tuple[str, ...]
 
 
+@dataclass
+class _Verify:
+    """A non-empty scoped plan's scope, what it wants there, and its base-to-be."""
+
+    scope: frozenset
+    want: Tuple[KObject, ...]
+    warnings: Tuple[str, ...]
+    live: Dict[Key, KObject]  # the live objects the plan was made with
+    live_keys: Tuple[Key, ...]  # those of them in the scope
+    parts: Dict[str, object]  # Base's fields but ``live``
+
+
 def eligible(desired: DesiredState) -> Optional[str]:
     """Why ``desired`` is always planned in full (None: it can be scoped)."""
     if desired.hosts or desired.local_host is not None or desired.remote:
@@ -90,13 +110,16 @@ def _hosts_builder(own, span, blocks) -> HostsBuilder:
 
 
 class ScopedPlanner:
-    def __init__(self, max_fraction: float = 0.5):
+    def __init__(self, max_fraction: float = 0.5, scoped_verify: bool = True):
+        self.scoped_verify = scoped_verify  # False: every verify the usual way (to compare)
         self.base: Optional[Base] = None
         self.full = True  # the daemon sets it per reconcile: plan everything this time
         self.max_fraction = max_fraction
         self.last: Dict[str, object] = {}
         self.counts = {"scoped": 0, "full": 0}
         self._issued: Optional[Tuple[DesiredState, ipam.Allocations]] = None
+        # a non-empty scoped plan: what its verify compares with and the base it then makes
+        self._verify: Optional[_Verify] = None
 
     def describe(self) -> str:
         last = self.last
@@ -108,6 +131,7 @@ class ScopedPlanner:
         from ..engine import plan_for
 
         reason = "requested"
+        self._verify = None
         if not self.full:
             try:
                 return self._scoped(desired, live, state)
@@ -358,19 +382,75 @@ class ScopedPlanner:
             resolved_state = replace(desired, networks=b.networks, containers=resolved)
         else:
             resolved_state = replace(desired, networks=b.networks, containers=b.resolved)
+        objects = dict(objects)
+        for name in removed:
+            objects.pop(name, None)
+        objects.update(updated)
+        members = b.members
+        if touched:
+            members = dict(members)
+            for n in touched:
+                members[n] = tuple(new_members[n])
+        parts = dict(desired=desired, resolved=resolved, networks=b.networks, allocations=allocations,
+                     objects=objects, members=members, hosts_own=own, hosts_span=span, hosts_blocks=blocks,
+                     facts=live.facts, notes=b.notes)
         if plan.empty:
-            objects = dict(objects)
-            for name in removed:
-                objects.pop(name, None)
-            objects.update(updated)
-            members = b.members
-            if touched:
-                members = dict(members)
-                for n in touched:
-                    members[n] = tuple(new_members[n])
-            self.base = Base(
-                desired=desired, resolved=resolved, networks=b.networks, allocations=allocations,
-                objects=objects, members=members, hosts_own=own, hosts_span=span, hosts_blocks=blocks,
-                live=live.objects, facts=live.facts, notes=b.notes,
-            )
+            self.base = Base(live=live.objects, **parts)
+        else:
+            self._verify = _Verify(scope=frozenset(scope), want=tuple(want), warnings=tuple(warnings),
+                                   live=live.objects, live_keys=tuple(o.key for o in live_objs), parts=parts)
         return Planned(plan=plan, resolved=resolved_state, allocations=allocations)
+
+    # the scoped verify ----------------------------------------------------------------------
+    def verify_plan(self, live_scope: List[KObject]):
+        """The verify of the last (non-empty) scoped plan from the scope's live objects now:
+        empty when the scope holds what that plan wanted; then the new base is made (outside
+        the scope the live objects are those the plan was made with). None: no such plan."""
+        from ..plan import make_plan
+
+        v, self._verify = self._verify, None
+        if v is None:
+            return None
+        facts = v.parts["facts"]
+        plan = make_plan(HostState(v.want), HostState(live_scope, facts), warnings=list(v.warnings))
+        plan = replace(plan, notes=v.parts["notes"])
+        self.counts["verify_scoped"] = self.counts.get("verify_scoped", 0) + 1
+        if plan.empty:
+            live = dict(v.live)
+            for k in v.live_keys:
+                del live[k]
+            for o in live_scope:
+                live[o.key] = o
+            self.base = Base(live=live, **v.parts)
+        else:
+            self.base = None  # the retry plans in full
+        return plan
+
+    def verify_scoped(self, kernel, intents, before):
+        """``engine._Run.verify``'s scoped path: ``(verify plan, observation to keep)``, or
+        None when the last plan was not a scoped one (verify the usual way). ``before``: the
+        run's first observation (``kernel.observe.Observation``)."""
+        from ..kernel.host import Snapshot
+        from ..kernel.observe import Observation, translate
+        from ..kernel.partial import refresh_snapshot
+
+        v = self._verify
+        if v is None or self.last.get("mode") != "scoped" or before.snapshot.exports or not self.scoped_verify:
+            self._verify = None
+            return None
+        snap = refresh_snapshot(kernel, before.snapshot, v.scope, intents)
+        mini = Snapshot(
+            host=snap.host,
+            namespaces={n: snap.namespaces[n] for n in v.scope if n in snap.namespaces},
+            hosts_files={n: snap.hosts_files[n] for n in v.scope if n in snap.hosts_files},
+        )
+        live_mini, made_mini = translate(mini, intents)
+        live_scope = [o for k, o in live_mini.objects.items() if k[0] in NS_KINDS]
+        plan = self.verify_plan(live_scope)
+        made = dict(before.made)
+        for n in v.scope:
+            made.pop(n, None)
+        made.update(made_mini)
+        obs = Observation(live=HostState(live_scope, live_mini.facts), snapshot=snap, made=made,
+                          reused=len(snap.namespaces) - len(mini.namespaces), dumped=len(mini.namespaces))
+        return plan, obs

@@ -196,7 +196,7 @@ class Daemon:
         if self.last_writing:
             self.last_writing = []
             self.triggers.cancel("settle")
-        digest, files, missing = fingerprint(self.paths)
+        digest, files, missing = fingerprint(self.paths, self.parse_cache)
         if self.watcher is not None:
             # (re)place watches first: anything that changed before a watch was in place is in
             # this read already; a change racing with it will show in the next event
@@ -212,11 +212,13 @@ class Daemon:
                 self.status.record_error(PERMANENT, f"manifest path missing: {', '.join(missing)}")
                 self.metrics.error(PERMANENT)
             self.last_missing = list(missing)
+            self.parse_cache.drop_primed()
             return False
         if self.last_missing:
             logs.info("manifest paths are back", paths=self.last_missing)
             self.last_missing = []
         if digest == self.digest and not force:
+            self.parse_cache.drop_primed()  # not loaded: hold no copy of the files
             return False
         try:
             if not files:
@@ -578,7 +580,8 @@ class Daemon:
         if os.environ.get("IPVLAN_RECONCILER_SCOPE", "1") != "0":  # 0: every plan in full (to compare)
             from .scope import ScopedPlanner
 
-            self.scope = ScopedPlanner()
+            # IPVLAN_RECONCILER_SCOPED_VERIFY=0: verify as before the scoped verify (to compare)
+            self.scope = ScopedPlanner(scoped_verify=os.environ.get("IPVLAN_RECONCILER_SCOPED_VERIFY", "1") != "0")
 
     def stop_watchers(self) -> None:
         for name, fn in (

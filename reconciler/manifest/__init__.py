@@ -188,14 +188,33 @@ class ParseCache:
     def __init__(self) -> None:
         self._files: Dict[str, Tuple[bytes, Document, Tuple[Diagnostic, ...]]] = {}
         self.parsed = 0  # files parsed (not taken from the cache) by the last load
+        # path -> (bytes, digest) read by the daemon's fingerprint for the next read (``digest``)
+        self._primed: Dict[str, Tuple[bytes, bytes]] = {}
+
+    def digest(self, path: str, data: bytes) -> bytes:
+        """The digest of ``data``, just read from ``path`` (the daemon's fingerprint): the
+        next :meth:`read` of ``path`` takes these bytes and this digest instead of reading
+        and hashing the file a second time. A load therefore sees exactly the bytes the
+        fingerprint saw (a change after that is the next event's fingerprint and load)."""
+        d = hashlib.blake2b(data, digest_size=20).digest()
+        self._primed[path] = (data, d)
+        return d
+
+    def drop_primed(self) -> None:
+        """Forget bytes :meth:`digest` kept that no load took (nothing changed)."""
+        self._primed.clear()
 
     def read(self, path: str) -> Tuple[Document, List[Diagnostic]]:
-        data, failed = read_bytes(path)
-        if data is None:
-            assert failed is not None
-            self._files.pop(path, None)
-            return failed
-        digest = hashlib.blake2b(data, digest_size=20).digest()
+        primed = self._primed.pop(path, None)
+        if primed is not None:
+            data, digest = primed
+        else:
+            data, failed = read_bytes(path)
+            if data is None:
+                assert failed is not None
+                self._files.pop(path, None)
+                return failed
+            digest = hashlib.blake2b(data, digest_size=20).digest()
         hit = self._files.get(path)
         if hit is not None and hit[0] == digest:
             return hit[1], list(hit[2])
@@ -206,6 +225,7 @@ class ParseCache:
 
     def keep_only(self, paths: Iterable[str]) -> None:
         keep = set(paths)
+        self._primed.clear()  # bytes a load did not take are stale by the next fingerprint
         for p in [p for p in self._files if p not in keep]:
             del self._files[p]
 

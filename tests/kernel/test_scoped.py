@@ -173,6 +173,7 @@ def test_scoped_reconciles_equal_full_ones_over_a_random_edit_sequence(tmp_path)
             done += 1
         assert done >= STEPS // 2
         assert planner.counts["scoped"] >= done // 2, planner.counts  # the scoped path really ran
+        assert planner.counts.get("verify_scoped", 0) >= done // 4, planner.counts  # and the scoped verify
     finally:
         monitor.stop()
         mkernel.close()

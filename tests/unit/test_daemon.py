@@ -1047,3 +1047,66 @@ def test_the_start_sighup_retries_and_the_resync_plan_everything_edits_and_drift
     h.step("file", immediate=False)
     h.fire_timers()  # the retry
     assert full == [True, False, False, True, True, False, True]
+
+
+def test_fingerprint_with_the_parse_cache_reads_each_manifest_once(tmp_path, monkeypatch):
+    """The daemon's reload reads and hashes every file once: the load that follows the
+    fingerprint takes its bytes (issue 12: fswatch no longer hashes a second time)."""
+    from reconciler import manifest
+    from reconciler.daemon import fswatch
+    from reconciler.manifest import ParseCache, load
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "a.yaml").write_text("version: 1\nnetworks: {n1: {internal: true}}\n")
+    (d / "b.yaml").write_text("version: 1\ncontainers: {c1: {networks: {n1: {}}}}\n")
+    reads = []
+    real = manifest.read_bytes
+
+    def counting(path):
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(manifest, "read_bytes", counting)
+    monkeypatch.setattr(fswatch, "_read_bytes", counting)
+    cache = ParseCache()
+    digest, files, _ = fingerprint([str(d)], cache)
+    assert digest == fingerprint([str(d)], ParseCache())[0]
+    reads.clear()
+    fingerprint([str(d)], cache)
+    desired = load([str(d)], cache)
+    assert sorted(reads) == sorted(files)  # once each: by the fingerprint only
+    assert sorted(desired.containers) == ["c1"] and desired == load([str(d)])
+    # a change after the fingerprint is not half-seen: the load has the fingerprinted bytes
+    fingerprint([str(d)], cache)
+    (d / "b.yaml").write_text("version: 1\ncontainers: {c2: {networks: {n1: {}}}}\n")
+    assert sorted(load([str(d)], cache).containers) == ["c1"]
+    assert fingerprint([str(d)], cache)[0] != digest  # the next event's reload sees c2
+    assert sorted(load([str(d)], cache).containers) == ["c2"]
+
+
+def test_netlink_monitor_forgets_fds_it_never_registered_or_closed(tmp_path):
+    """The monitor waits on epoll (one wake-up costs the same at 10,000 namespaces as at 10):
+    forgetting an fd number that is not registered (reused after a close it did not see,
+    or already closed) must not raise, as it did not with poll()."""
+    from reconciler.daemon.nlmonitor import NetlinkMonitor
+
+    class K:
+        netns_dir = str(tmp_path)
+
+        def ns_path(self, name):
+            return str(tmp_path / name)
+
+        def list_netns(self):
+            return []
+
+    mon = NetlinkMonitor(K(), lambda src, detail: None)
+    r, w = os.pipe()
+    try:
+        mon._forget_fd(r)  # never registered
+        mon._poller.register(r)
+        os.close(r)
+        mon._forget_fd(r)  # registered, then closed under it
+    finally:
+        os.close(w)
+        mon.stop()

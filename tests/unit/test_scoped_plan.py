@@ -248,12 +248,48 @@ def test_scoped_plan_equals_full_plan_over_random_edit_sequences(seed):
             continue
         world.execute(planned.plan)
         state = State(allocations=planned.allocations)
-        # the verify: empty both ways (the simulated host does what the plan says)
-        verify = plan_both(planner, desired, world.host(), state)
-        assert verify is not None and verify.plan.empty, (what, verify.plan.actions)
+        # the verify: empty both ways (the simulated host does what the plan says); after a
+        # non-empty scoped plan the daemon's scoped verify compares only the scope's
+        # namespaces, and the base it then makes must keep the next plans equal to full ones
+        live = world.host()
+        if planner._verify is not None:
+            scope = planner._verify.scope
+            full = engine.plan_for(desired, live, state)
+            assert full.plan.empty, (what, full.plan.actions)
+            verify = planner.verify_plan([o for k, o in live.objects.items() if k[0] in NS_KINDS and k[1] in scope])
+            assert verify is not None and verify.empty, (what, verify.actions)
+            assert planner.base is not None
+        else:
+            verified = plan_both(planner, desired, live, state)
+            assert verified is not None and verified.plan.empty, (what, verified.plan.actions)
         steps += 1
     assert steps >= 40
     assert planner.counts["scoped"] >= 40, planner.counts  # the scoped path really ran
+    assert planner.counts.get("verify_scoped", 0) >= 20, planner.counts  # and its verify
+
+
+def test_scoped_verify_sees_what_is_missing_in_the_scope_and_drops_the_base():
+    rng = random.Random(3)
+    world = World(rng, 14)
+    planner = ScopedPlanner()
+    desired = load_texts([("m.yaml", world.text())])
+    first = planner(desired, world.host(), State())
+    world.execute(first.plan)
+    state = State(allocations=first.allocations)
+    planner(desired, world.host(), state)  # the base
+    name = next(iter(world.containers))
+    world.containers.pop(name)  # a container removed: its namespace is in the scope
+    desired = load_texts([("m.yaml", world.text())])
+    planner.full = False
+    planned = planner(desired, world.host(), state)
+    assert planner.last["mode"] == "scoped" and not planned.plan.empty
+    # the plan is not executed: the scope still holds the removed container's namespace
+    live = world.host()
+    scope = planner._verify.scope
+    verify = planner.verify_plan([o for k, o in live.objects.items() if k[0] in NS_KINDS and k[1] in scope])
+    assert name in {a.key[1] for a in verify.actions}
+    assert fingerprint(verify) == fingerprint(planned.plan)  # the same work, still to do
+    assert planner.base is None  # the retry plans everything
 
 
 def test_one_edit_in_a_big_manifest_plans_a_few_namespaces():

@@ -1,0 +1,61 @@
+"""A snapshot refreshed for a few namespaces only: the daemon's scoped verify (issue 12).
+
+After a scoped apply (``daemon.scope.ScopedPlanner``) that changed no host link, only the
+namespaces in the plan's scope can have been changed by it. :func:`refresh_snapshot`
+dumps those again (and reads their /etc/netns/NAME/hosts) and takes everything else from
+the snapshot the run started with: no listing of /run/netns, no ``stat`` of the other
+namespaces and hosts files. What it does not look at is judged by the next run's
+observation (the netlink monitor vouches for the other namespaces' dumps) and by the full
+path at start, SIGHUP, retries and the periodic resync. The one-shot CLI never calls it.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict, Iterable, Sequence
+
+from ..objects import MARKER, RTPROT, Key, Kind
+from .host import Kernel, NsView, Snapshot, netns_identity, read_hosts_files
+from .netlink import RT_TABLE_MAIN
+
+
+def refresh_snapshot(kernel: Kernel, previous: Snapshot, names: Iterable[str], intents: Sequence[Key] = ()) -> Snapshot:
+    """``previous`` with the namespaces ``names`` dumped again (dropped when their
+    /run/netns entry is gone, added when new) and their hosts files read again (a file
+    whose stat stamp is unchanged keeps its content, as in ``read_hosts_files``). The host
+    namespace's dump and the BGP export routes are ``previous``'s: callers use it only
+    after a run that changed no host link and has no export tables."""
+    intent_ns = {k[1] for k in intents if k[0] is Kind.NETNS}
+    names = sorted(set(names))
+    present = [n for n in names if os.path.lexists(kernel.ns_path(n))]
+    idents = {n: netns_identity(kernel.ns_path(n)) for n in present}
+    namespaces: Dict[str, NsView] = dict(previous.namespaces)
+    for n in names:
+        namespaces.pop(n, None)
+    if present:
+        socks = kernel._open_ns_sockets_lenient(present)
+        for name in present:
+            view = NsView(name, identity=idents[name], taken=time.monotonic())
+            sock = socks.get(name)
+            if sock is None:
+                view.broken = True
+                namespaces[name] = view
+                continue
+            view.identity, view.cookie = kernel._ns_ids.get(name, (idents[name], None))
+            view.links = sock.dump_links()
+            if name in intent_ns or any(l.name == "lo" and l.alias == MARKER for l in view.links):
+                view.addrs = sock.dump_addrs()
+                view.routes = sock.dump_routes(table=RT_TABLE_MAIN, protocol=RTPROT)  # ours only
+                view.full = True
+            namespaces[name] = view
+            kernel.close_ns_socket(name)
+    hosts = dict(previous.hosts_files)
+    stamps = dict(previous.hosts_stamps)
+    for n in names:
+        hosts.pop(n, None)
+        stamps.pop(n, None)
+    got, got_stamps = read_hosts_files(kernel.etc_netns, names, previous)
+    hosts.update(got)
+    stamps.update(got_stamps)
+    return Snapshot(host=previous.host, namespaces=namespaces, hosts_files=hosts, hosts_stamps=stamps,
+                    exports=list(previous.exports))
