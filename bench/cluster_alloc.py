@@ -10,8 +10,9 @@ host, each host one Agent as a host agent would) that each allocate and release 
 requests per allocate+release pair. Correctness is checked on the way: no address held by two
 workers at the same time, every address key left matches an allocation.
 
---processes: each host's agent (its 8 threads) runs in a process of its own, as on three real
-hosts (one Python process, one GIL per host); default: all 24 threads in one process.
+Each host's agent (its 8 worker threads) runs in a process of its own, as on three real hosts
+(one Python process, one GIL per host); --threads: all 24 threads in one process (the bench's
+first design: one GIL for all three "hosts").
 --think MS: each worker pauses a random time (exponential, mean MS) between pairs; default 0,
 a closed loop that saturates the machine (latency is then mostly queueing for the CPU).
 --etcd-dir DIR: etcd's data directory under DIR (default /dev/shm: no fsync cost; give a disk
@@ -28,7 +29,7 @@ Where an allocation's time goes (printed per fill, for all allocations and for t
 And etcd's side over the run: its CPU time per request, WAL fsync and backend commit means
 (etcd's /metrics).
 
-    .venv/bin/python bench/cluster_alloc.py [--pairs 40] [--processes] [--json FILE]
+    .venv/bin/python bench/cluster_alloc.py [--pairs 40] [--threads] [--think MS] [--etcd-dir DIR] [--json FILE]
 """
 from __future__ import annotations
 
@@ -338,7 +339,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=40, help="allocate+release pairs per worker")
     ap.add_argument("--fills", default="20,50,80")
-    ap.add_argument("--processes", action="store_true", help="one process per host (as on real hosts)")
+    ap.add_argument("--threads", action="store_true",
+                    help="all 24 workers as threads of one process (default: one process per host, as on real hosts)")
+    ap.add_argument("--processes", action="store_true", help=argparse.SUPPRESS)  # the default now
     ap.add_argument("--think", type=float, default=0.0, metavar="MS",
                     help="mean pause of each worker between pairs (default 0: saturated, a closed loop)")
     ap.add_argument("--etcd-dir", metavar="DIR", help="etcd's data directory under DIR (default /dev/shm)")
@@ -348,7 +351,7 @@ def main() -> int:
                            dir=args.etcd_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else None))
     proc, url = start_etcd(tmp)
     try:
-        rows = [run_fill(url, int(f), args.pairs, tmp, args.processes, args.think / 1000, proc.pid)
+        rows = [run_fill(url, int(f), args.pairs, tmp, not args.threads, args.think / 1000, proc.pid)
                 for f in args.fills.split(",")]
     finally:
         proc.terminate()
