@@ -230,13 +230,15 @@ class Agent:
         rev = self.revision()
         held, _ = self.store.range(self.keys.blocks(network), keys_only=True)
         taken = {self.keys.tail(kv.key, self.keys.blocks(network)) for kv in held}
+        foreign = self._foreign_explicit(network)
         choice = None
         for r in self._ranges(network, family):
             rng = ipaddress.ip_network(r["range"])
             for k in range(r["blocks"]):
                 b = block(rng, r["size"], k)
                 assert b is not None
-                if self.keys.block(network, b).rsplit("/", 1)[1] not in taken:
+                if self.keys.block(network, b).rsplit("/", 1)[1] not in taken \
+                        and not any(a in b for a in foreign):
                     choice = b
                     break
             if choice is not None:
@@ -266,6 +268,22 @@ class Agent:
             self._used.pop(network, None)
             self._load_network(network)
         return None
+
+    def _foreign_explicit(self, network: str) -> List[IPAddress]:
+        """Other hosts' explicit addresses on ``network`` (push writes them, in the transaction
+        that moves the `current` pointer a claim compares). A block holding one is never
+        claimed: the address belongs to another host, and the next push would be refused
+        ("an explicit address inside a host's block must be one of that host's containers")."""
+        out = []
+        addrs, _ = self.store.range(self.keys.addrs(network))
+        for kv in addrs:
+            try:
+                v = kv.json()
+            except ValueError:
+                continue
+            if v.get("explicit") and v.get("host") != self.host:
+                out.append(ipaddress.ip_address(self.keys.tail(kv.key, self.keys.addrs(network))))
+        return out
 
     def owned_candidate(self, rev: Revision, network: str, family: int, blocks: List[IPNetwork],
                         used: Set[IPAddress], exclude: Collection[IPAddress] = ()) -> Optional[IPAddress]:

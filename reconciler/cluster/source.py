@@ -95,6 +95,11 @@ class ClusterSource:
         self.bound = False
         self.etcd_revision = 0  # store revision of the last full read: the watch resumes after it
         self.offline: Optional[str] = None
+        # set by a daemon whose probe thread decides when etcd is back (ClusterDaemon.probe):
+        # while offline, a load reads nothing from etcd (no client timeout per reload: drift
+        # repair keeps its speed during a partition) until the probe sets etcd_back
+        self.probing = False
+        self.etcd_back = False
         # link name -> this host's addresses on it (the daemon reads them from the kernel): an
         # automatic address is never one of its network's parent's own addresses
         self.host_addresses: Optional[Callable[[], Mapping[str, Iterable[Any]]]] = None
@@ -185,9 +190,21 @@ class ClusterSource:
                    for n, a, h, ct, x, m in c["records"]]
         return rev, records, c["blocks"]
 
+    def mark_offline(self, why: str) -> None:
+        """etcd could not be reached (by any thread): bind again once it is back."""
+        self.offline, self.bound = why, False
+
+    def probe(self) -> None:
+        """One read of the revision pointer (a linearizable read: it needs the quorum);
+        raises EtcdUnavailable."""
+        self.store.get(self.keys.current)
+
     def load(self) -> Loaded:
         """This host's desired state now (see the module's docstring for what is raised)."""
         try:
+            if self.offline and self.probing and not self.etcd_back:
+                raise EtcdUnavailable(self.offline)  # known unreachable: the probe says when it is back
+            self.etcd_back = False
             rev, records, blocks = self._fetch()
             self.offline = None
         except EtcdUnavailable as e:
@@ -216,6 +233,7 @@ class ClusterSource:
             recs = [x for x in recs if x not in displaced]
             view = host_view(rev.files, rev.grid, self.host, [r for r, _ in recs])
         problems: Dict[Tuple[str, str, int], str] = {}
+        online: List[Tuple[AddressRecord, int]] = []  # allocated in etcd by this load
         if view.needs:
             for need in view.needs:
                 try:
@@ -224,6 +242,7 @@ class ClusterSource:
                             a = self.agent.allocate(need.network, need.container, need.family,
                                                     excl.get(need.network, ()))
                             recs.append((AddressRecord(need.network, a, self.host, need.container), 0))
+                            online.append((recs[-1][0], self.agent._written.get((need.network, a), 0)))
                             continue
                         except EtcdUnavailable as e:
                             self.offline, self.bound = str(e), False
@@ -232,6 +251,8 @@ class ClusterSource:
                 except PoolExhausted as e:
                     problems[(need.container, need.network, need.family)] = str(e)
             view = host_view(rev.files, rev.grid, self.host, [r for r, _ in recs])
+            if online:
+                self._cache_allocations(online)
         waiting = []
         for need in view.needs:
             why = problems.get((need.container, need.network, need.family), "no address yet")
@@ -245,6 +266,20 @@ class ClusterSource:
         return Loaded(rev.number, view.state, stale, tuple(waiting), self.offline,
                       tuple(e["conflict"] for e in journal if e.get("conflict")),
                       sum(1 for e in journal if not e.get("conflict")), view.fleet)
+
+    def _cache_allocations(self, online: List[Tuple[AddressRecord, int]]) -> None:
+        """The addresses (and blocks claimed for them) this load allocated in etcd, added to the
+        cache written by the read before them: cut off right after, the cached revision must
+        still give these containers their addresses (else a reload from the cache would
+        remove containers that are running: SPEC 6 never tears down because etcd is gone)."""
+        c = _read_json(self.cache_path)
+        if c is None:
+            return
+        c["records"] = list(c["records"]) + [[r.network, str(r.address), r.host, r.container, r.explicit, m]
+                                             for r, m in online]
+        for net in {r.network for r, _ in online}:
+            c["blocks"][net] = sorted(set(c["blocks"].get(net, [])) | {str(b) for b in self.agent.blocks(net)})
+        _write_json(self.cache_path, c)
 
     def _parent_addresses(self, state: DesiredState) -> Dict[str, set]:
         """network -> the addresses its parent link carries on this host (none known: empty)."""

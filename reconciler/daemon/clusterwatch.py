@@ -64,6 +64,8 @@ class ClusterDaemon(Daemon):
         self.lease_interval = lease_interval or max(1.0, source.agent.lease_ttl / 3)
         self._stop = threading.Event()
         self._threads = []
+        self._probe_wake = threading.Event()
+        self.probe_interval = 1.0
 
     # the seam: the desired state comes from etcd ---------------------------------------------
     def reload(self, force: bool = False) -> bool:
@@ -166,7 +168,7 @@ class ClusterDaemon(Daemon):
         try:
             done = self.source.release(self.stale)
         except EtcdUnavailable as e:
-            self.note_offline(str(e))
+            self.went_offline(str(e))
             return
         self.stale = ()
         if done:
@@ -193,7 +195,7 @@ class ClusterDaemon(Daemon):
         except HostForgotten as e:
             self.fence(str(e))
         except EtcdUnavailable as e:
-            self.note_offline(str(e))
+            self.went_offline(str(e))
         except UserError as e:
             logs.warning("status not written to etcd", error=str(e))
 
@@ -208,6 +210,13 @@ class ClusterDaemon(Daemon):
             logs.info("etcd reachable again")
         c["offline"] = why.splitlines()[0] if why else None
         c["etcd_reachable"] = not why
+
+    def went_offline(self, why: str) -> None:
+        """An etcd call of the reconcile path found no member: the next reloads use the cached
+        revision without waiting on etcd (when the probe thread runs), until the probe reads."""
+        self.source.mark_offline(why)
+        self.note_offline(why)
+        self._probe_wake.set()
 
     def fence(self, why: str) -> None:
         if not self.fenced:
@@ -281,6 +290,7 @@ class ClusterDaemon(Daemon):
                     if msg.created:
                         delay = 0.5
                         if connected is False:
+                            self._probe_wake.set()  # offline: the probe lets the reload read etcd
                             self.triggers.put("etcd", "etcd watch re-established")
                         connected = True
                     if msg.events:
@@ -347,18 +357,53 @@ class ClusterDaemon(Daemon):
             try:
                 if not self.source.keepalive():
                     self.triggers.put("etcd", "status lease expired")
+            except EtcdUnavailable as e:
+                self.lost_etcd(str(e))
+
+    def lost_etcd(self, why: str) -> None:
+        """A thread found no etcd member: offline from now on (the reloads use the cache at
+        once), and one reload so that the status file and the log say so."""
+        if not self.source.offline:
+            self.source.mark_offline(why)
+            self.triggers.put("etcd", "etcd unreachable", immediate=True)
+
+    def probe(self) -> None:
+        """While etcd is unreachable: one read per interval, off the reconcile path (thread).
+        A partitioned member costs the client's timeout per member; before, every reload paid
+        it (about 15 s with 3 members), delaying drift repair. When the read succeeds, the next
+        reload reads etcd again (bind, journal, revision: SPEC 6's heal)."""
+        from ..cluster.store import EtcdUnavailable
+
+        while not self._stop.is_set():
+            self._probe_wake.wait(self.probe_interval)
+            self._probe_wake.clear()
+            if self._stop.is_set():
+                return
+            src = self.source
+            if not src.offline or src.etcd_back or self.fenced:
+                continue
+            try:
+                src.probe()
             except EtcdUnavailable:
-                pass
+                continue
+            except Exception as e:  # an answer (e.g. a refusal): etcd is there, the reload says more
+                logs.debug("etcd probe answered with an error", error=str(e))
+            if src.offline and not src.etcd_back:
+                src.etcd_back = True
+                self.triggers.put("etcd", "etcd reachable again", immediate=True)
 
     def start_threads(self) -> None:
+        self.source.probing = True  # reloads while offline wait on no etcd: the probe thread decides
         for name, fn in (("etcd-watch", self.follow), ("etcd-addresses", self.follow_addresses),
-                         ("etcd-lease", self.keep_lease)):
+                         ("etcd-lease", self.keep_lease), ("etcd-probe", self.probe)):
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()
             self._threads.append(t)
 
     def stop_threads(self) -> None:
         self._stop.set()
+        self._probe_wake.set()
+        self.source.probing = False
         from ..cluster.store import interrupt_watch
 
         for slot in ("last_watch", "last_addr_watch"):
