@@ -5,7 +5,6 @@ when the kernel is used, so `plan --offline` runs unprivileged anywhere.
 """
 from __future__ import annotations
 
-import ipaddress
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 from . import ipam
 from .compile import CompileMemo, Compiled, compile_state
 from .errors import Bug, PlanError
-from .livestate import load_state_json, read_state_file  # noqa: F401
+from .livestate import read_state_file
 from .model import DesiredState
 from .objects import Address, Endpoint, HostState, Key, Kind
 from .plan import Op, Plan, make_plan

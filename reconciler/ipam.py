@@ -33,7 +33,6 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 from . import fleet
 from .errors import Diagnostic, ManifestError
 from .model import (
-    Attachment,
     Container,
     DesiredState,
     IPAddress,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .compile import Pending
@@ -25,7 +25,6 @@ from .objects import (
     Kind,
     KObject,
     VlanLink,
-    fmt,
 )
 
 

@@ -13,7 +13,7 @@ from dataclasses import fields
 from typing import Any, Dict, List, Optional
 
 from .model import dummy_parent_name
-from .objects import DummyLink, Endpoint, HostsFile, Kind, KObject, Sysctl, fmt
+from .objects import DummyLink, Endpoint, Kind, KObject, Sysctl, fmt
 from .plan import Action, Op, Plan, describe_key
 
 FORMAT_VERSION = "1"

@@ -28,7 +28,7 @@ import uuid
 from typing import Any, Collection, Dict, List, Optional, Set, Tuple
 
 from ..errors import UserError
-from ..fleet import block, subnet_range  # noqa: F401  (subnet_range: the grid's meaning)
+from ..fleet import block
 from ..model import IPAddress, IPNetwork
 from .keys import Keys
 from .revision import Revision, read_current

@@ -16,7 +16,7 @@ from typing import Any, Deque, Dict, List, Optional
 from ..atomicfile import write_atomic
 from .classify import CLASSES
 from .logs import iso_utc
-from .constants import DEFAULT_STATUS_FILE, KINDS, RESULTS
+from .constants import KINDS, RESULTS
 
 FORMAT_VERSION = "1"
 MAX_ERRORS = 10

@@ -288,6 +288,11 @@ class Kernel:
             raise KernelError("enter namespace", failed[0], failed[1].errno or errno.EIO, partial=socks)
         return socks
 
+    def ns_socket_identity(self, name: str) -> Optional[Tuple[Tuple[int, int], Optional[int]]]:
+        """(identity, netns cookie) of the namespace NAME's open socket was opened in, or
+        None when no socket is open for NAME."""
+        return self._ns_ids.get(name)
+
     def close_ns_socket(self, name: str) -> None:
         s = self._ns.pop(name, None)
         self._ns_ids.pop(name, None)
@@ -427,7 +432,9 @@ class Kernel:
         except OSError:
             pass
 
-    def _open_ns_sockets_lenient(self, names: List[str]) -> Dict[str, NetlinkSocket]:
+    def open_ns_sockets_lenient(self, names: List[str]) -> Dict[str, NetlinkSocket]:
+        """Sockets inside the namespaces NAMES that could be entered (one trip to the
+        worker); a name missing from the result could not be entered."""
         try:
             return self._open_ns_sockets(names)
         except KernelError as e:

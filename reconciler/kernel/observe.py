@@ -151,7 +151,7 @@ def take_snapshot(
         else:
             todo.append(name)
     if todo:
-        socks = kernel._open_ns_sockets_lenient(todo)
+        socks = kernel.open_ns_sockets_lenient(todo)
         for name in todo:
             view = NsView(name, identity=idents[name], taken=time.monotonic())
             sock = socks.get(name)
@@ -159,7 +159,7 @@ def take_snapshot(
                 view.broken = True
                 namespaces[name] = view
                 continue
-            view.identity, view.cookie = kernel._ns_ids.get(name, (idents[name], None))
+            view.identity, view.cookie = kernel.ns_socket_identity(name) or (idents[name], None)
             view.links = sock.dump_links()
             if is_ours(name, view.links):
                 view.addrs = sock.dump_addrs()

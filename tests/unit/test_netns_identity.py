@@ -92,7 +92,7 @@ def fake_kernel(tmp_path, namespaces):
             k._ns_ids[n] = ((st.st_dev, st.st_ino), namespaces[n])
         return socks
 
-    k._open_ns_sockets_lenient = open_lenient
+    k.open_ns_sockets_lenient = open_lenient
     for n in namespaces:
         open(k.ns_path(n), "w").close()
     return k
