@@ -33,7 +33,7 @@ def refresh_snapshot(kernel: Kernel, previous: Snapshot, names: Iterable[str], i
     for n in names:
         namespaces.pop(n, None)
     if present:
-        socks = kernel._open_ns_sockets_lenient(present)
+        socks = kernel.open_ns_sockets_lenient(present)
         for name in present:
             view = NsView(name, identity=idents[name], taken=time.monotonic())
             sock = socks.get(name)
@@ -41,7 +41,7 @@ def refresh_snapshot(kernel: Kernel, previous: Snapshot, names: Iterable[str], i
                 view.broken = True
                 namespaces[name] = view
                 continue
-            view.identity, view.cookie = kernel._ns_ids.get(name, (idents[name], None))
+            view.identity, view.cookie = kernel.ns_socket_identity(name) or (idents[name], None)
             view.links = sock.dump_links()
             if name in intent_ns or any(l.name == "lo" and l.alias == MARKER for l in view.links):
                 view.addrs = sock.dump_addrs()
