@@ -235,3 +235,50 @@ def test_hosts_files_are_reused_while_unchanged_and_a_hand_edit_is_repaired(watc
     assert [(a.op.value, a.kind.label, a.key[1]) for a in out.plan.actions] == [("update", "hosts", "obs2")]
     assert out.converged
     assert real_open(path).read() == text  # repaired
+
+
+def test_threaded_namespace_dumps_match_dumps_through_each_namespaces_own_socket(tmp_path, netns_factory,
+                                                                               monkeypatch):
+    """``Kernel.dump_namespaces`` (observe's: a few threads walking the namespaces, dump-only
+    sockets) sees what a socket opened in each namespace by the namespace worker sees: ours
+    in full (links, addresses, our routes), the others' links only, an entry that cannot be
+    entered as broken; it writes nothing and leaves the calling thread where it was."""
+    import os
+
+    from reconciler.kernel import nsdump
+    from reconciler.kernel.host import netns_cookie
+    from reconciler.kernel.netlink import RT_TABLE_MAIN
+    from reconciler.objects import RTPROT
+
+    monkeypatch.setattr(nsdump, "PER_THREAD_MIN", 1)  # two threads for a handful of namespaces
+    r = Reconciler(tmp_path)
+    r.write("obs.yaml", DUAL_STACK)
+    others = [netns_factory() for _ in range(3)]
+    broken = "/run/netns/kt-not-a-namespace"
+    open(broken, "w").close()
+    try:
+        assert r.apply()["converged"]
+        names = ["obs1", *others, os.path.basename(broken)]
+        home = os.stat("/proc/thread-self/ns/net").st_ino
+        with Kernel() as k:
+            views = k.dump_namespaces(names, lambda name, links: name == "obs1")()
+            assert os.stat("/proc/thread-self/ns/net").st_ino == home
+            assert k.counter.count == 0
+            assert sorted(views) == sorted(names)
+            assert views[os.path.basename(broken)].broken
+            for name in ["obs1", *others]:
+                v, sock = views[name], k.ns_socket(name)
+                assert not v.broken and v.full == (name == "obs1")
+                assert v.identity == netns_identity(k.ns_path(name))
+                assert v.cookie is not None and v.cookie == netns_cookie(sock.sock)
+                assert v.links == sock.dump_links()
+                if name == "obs1":
+                    assert {l.kind for l in v.links} == {"", "ipvlan"}  # lo and the endpoint
+                    assert v.addrs == sock.dump_addrs() and len(v.addrs) >= 3
+                    assert v.routes == sock.dump_routes(table=RT_TABLE_MAIN, protocol=RTPROT)
+                    assert len(v.routes) == 2  # the IPv4 and the IPv6 default route
+                else:
+                    assert v.addrs == [] and v.routes == []
+    finally:
+        os.unlink(broken)
+        r.teardown()
