@@ -56,6 +56,7 @@ def main() -> int:
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all variants")
+    ap.add_argument("--no-teardown", action="store_true", help="leave the namespaces (a throwaway VM)")
     args = ap.parse_args()
     variants = [v.split("=", 1) for v in (args.variant or ["new=" + ROOT])]
     os.makedirs(args.out, exist_ok=True)
@@ -101,8 +102,9 @@ def main() -> int:
     finally:
         with open(os.path.join(args.out, f"noop-{args.containers}.json"), "w") as f:
             json.dump(results, f, indent=1)
-        p, dt = ctl(variants[0][1], "apply", empty, "--format", "json", "--state-dir", state)
-        print(f"teardown: {dt:.2f}s rc {p.returncode}", flush=True)
+        if not args.no_teardown:
+            p, dt = ctl(variants[0][1], "apply", empty, "--format", "json", "--state-dir", state)
+            print(f"teardown: {dt:.2f}s rc {p.returncode}", flush=True)
     return 0
 
 

@@ -6,9 +6,8 @@ per namespace two trips between threads, two ``setns`` calls, a socket set up fo
 (buffers, ACK options) and three dumps decoded while nothing else ran. Here a few threads
 each walk a share of the namespaces, going straight from one namespace to the next (one
 ``setns`` each, home once at the end), open a socket set up for dumps only, dump, and close
-it. While a thread waits in the kernel (setns, the dumps themselves) the others decode, and
-the caller reads the hosts files meanwhile (:meth:`Kernel.dump_namespaces` returns at once;
-its result is waited for).
+it. How many threads: ``MAX_THREADS`` (one, see there; :meth:`Kernel.dump_namespaces`
+returns at once, its result is waited for).
 
 Nothing here writes to the kernel; the sockets never outlive the dump.
 """
@@ -17,15 +16,18 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..objects import RTPROT
 from .host import NsView, netns_cookie
 from .netlink import RT_TABLE_MAIN, LinkRec, NetlinkSocket, WriteCounter
 from .nsworker import setns
 
-#: threads dumping namespaces; one more than one only pays off with many namespaces
-MAX_THREADS = 2
+#: threads dumping namespaces. One: measured in the VM (TCG, 2 vCPUs, loaded) two threads
+#: plus the caller reading hosts files meanwhile made observe at 1,000 twice as SLOW (35 ->
+#: 75 s): every system call hands the GIL over and getting it back waits for the switch
+#: interval. Kept as a knob for hosts where the kernel's share of a dump is larger.
+MAX_THREADS = 1
 PER_THREAD_MIN = 32
 
 
@@ -65,12 +67,12 @@ def start(
     paths: Sequence[tuple],
     is_ours: Callable[[str, List[LinkRec]], bool],
     counter: WriteCounter,
-    max_threads: int = MAX_THREADS,
+    max_threads: Optional[int] = None,
 ) -> Callable[[], Dict[str, NsView]]:
     """Start dumping ``paths`` ((name, /run/netns path) pairs); returns the wait for the
     views by name. A thread that cannot return to its home namespace ends there (it is
     never reused); an error in a dump is raised by the wait, after every thread ended."""
-    n = max(1, min(max_threads, len(paths) // PER_THREAD_MIN))
+    n = max(1, min(max_threads or MAX_THREADS, len(paths) // PER_THREAD_MIN))
     out: Dict[str, NsView] = {}
     errors: List[BaseException] = []
 

@@ -153,20 +153,18 @@ def take_snapshot(
             namespaces[name] = prev
         else:
             todo.append(name)
-    # dumped in threads of their own (their sockets closed right after: apply reopens on
-    # demand) while this one reads the hosts files
-    dumps = kernel.dump_namespaces(todo, is_ours) if todo else None
+    # dumped by a thread of its own (each socket closed right after: apply reopens on demand)
+    if todo:
+        for name, view in kernel.dump_namespaces(todo, is_ours)().items():
+            if view.broken and view.identity is None:
+                view.identity = idents[name] if name in idents else netns_identity(kernel.ns_path(name))
+            namespaces[name] = view
+    namespaces = {n: namespaces[n] for n in names}  # listing order, reused or not
     hosts, stamps = read_hosts_files(
         kernel.etc_netns,
         sorted(set(names) | set(kernel.list_hosts_dirs())),
         previous if still_valid is not None else None,
     )
-    if dumps is not None:
-        for name, view in dumps().items():
-            if view.broken and view.identity is None:
-                view.identity = idents[name] if name in idents else netns_identity(kernel.ns_path(name))
-            namespaces[name] = view
-    namespaces = {n: namespaces[n] for n in names}  # listing order, reused or not
     return Snapshot(host=host, namespaces=namespaces, hosts_files=hosts, hosts_stamps=stamps, exports=exports)
 
 

@@ -251,6 +251,7 @@ def test_threaded_namespace_dumps_match_dumps_through_each_namespaces_own_socket
     from reconciler.objects import RTPROT
 
     monkeypatch.setattr(nsdump, "PER_THREAD_MIN", 1)  # two threads for a handful of namespaces
+    monkeypatch.setattr(nsdump, "MAX_THREADS", 2)
     r = Reconciler(tmp_path)
     r.write("obs.yaml", DUAL_STACK)
     others = [netns_factory() for _ in range(3)]
