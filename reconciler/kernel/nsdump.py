@@ -3,11 +3,11 @@
 ``observe.take_snapshot`` used to open a socket in each namespace through the namespace
 worker (setns there, socket, setns home), then dump from the main thread and close it:
 per namespace two trips between threads, two ``setns`` calls, a socket set up for writes
-(buffers, ACK options) and three dumps decoded while nothing else ran. Here a few threads
-each walk a share of the namespaces, going straight from one namespace to the next (one
-``setns`` each, home once at the end), open a socket set up for dumps only, dump, and close
-it. How many threads: ``MAX_THREADS`` (one, see there; :meth:`Kernel.dump_namespaces`
-returns at once, its result is waited for).
+(buffers, ACK options). Here a thread of our own (``MAX_THREADS``: one, see there) walks
+the namespaces, going straight from one to the next (one ``setns`` each, home once at the
+end), opens a socket set up for dumps only, dumps, and closes it; the caller waits for the
+result (:meth:`Kernel.dump_namespaces` returns the wait). The entries are not ``stat``-ed
+first: a view's identity is that of the fd its dump entered.
 
 Nothing here writes to the kernel; the sockets never outlive the dump.
 """
