@@ -56,6 +56,7 @@ def main() -> int:
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all variants")
+    ap.add_argument("--no-profile", action="store_true", help="skip the cProfile runs")
     ap.add_argument("--no-teardown", action="store_true", help="leave the namespaces (a throwaway VM)")
     args = ap.parse_args()
     variants = [v.split("=", 1) for v in (args.variant or ["new=" + ROOT])]
@@ -90,7 +91,7 @@ def main() -> int:
                     results.setdefault(name, []).append({"s": dt, "engine": o["seconds"], "phases": o["phases"],
                                                          "writes": o["netlink_writes"],
                                                          "changes": len(o["plan"]["changes"])})
-        for name, vdir in variants:
+        for name, vdir in variants if not args.no_profile else ():
             prof = os.path.join(args.out, f"{name}-{args.containers}.prof")
             p, dt = ctl(vdir, "apply", mdir, "--format", "json", "--state-dir", state, profile=prof)
             print(f"== {name} under cProfile: {dt:.2f}s", flush=True)
