@@ -427,16 +427,6 @@ class Kernel:
         except OSError:
             pass
 
-    def dump_namespaces(
-        self, names: List[str], is_ours: Callable[[str, List[LinkRec]], bool]
-    ) -> Callable[[], Dict[str, NsView]]:
-        """Start dumping namespaces NAMES (links; addresses and routes of ours too) in a few
-        threads of their own (``kernel.nsdump``); returns the wait for the views by name.
-        A namespace that cannot be entered comes back ``broken``."""
-        from . import nsdump
-
-        return nsdump.start([(n, self.ns_path(n)) for n in names], is_ours, self.counter)
-
     def _open_ns_sockets_lenient(self, names: List[str]) -> Dict[str, NetlinkSocket]:
         try:
             return self._open_ns_sockets(names)

@@ -400,28 +400,23 @@ class NetlinkSocket:
     RCVBUF = 8 << 20
     CHUNK = 256  # requests per send() before draining ACKs
 
-    def __init__(self, label: str, counter: "WriteCounter", dumps_only: bool = False):
-        """``dumps_only``: a socket that only dumps (observe's, one per namespace): without
-        the large buffers and ACK options pipelined writes need -- a dump fills the default
-        receive buffer and continues on the next recv -- and bound by the kernel on the
-        first send. Four fewer system calls per namespace."""
+    def __init__(self, label: str, counter: "WriteCounter"):
         self.label = label
         self.counter = counter
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
-        if not dumps_only:
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, self.RCVBUF)  # SO_RCVBUFFORCE (root)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RCVBUF)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, 32, 1 << 20)  # SO_SNDBUFFORCE
+        except OSError:
+            pass
+        for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
             try:
-                self.sock.setsockopt(socket.SOL_SOCKET, 33, self.RCVBUF)  # SO_RCVBUFFORCE (root)
-            except OSError:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RCVBUF)
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, 32, 1 << 20)  # SO_SNDBUFFORCE
+                self.sock.setsockopt(SOL_NETLINK, opt, 1)
             except OSError:
                 pass
-            for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
-                try:
-                    self.sock.setsockopt(SOL_NETLINK, opt, 1)
-                except OSError:
-                    pass
         # strict checking lets a dump request filter in the kernel (Linux >= 4.20); without
         # it every filter is applied here instead, with the same result
         try:
@@ -429,8 +424,7 @@ class NetlinkSocket:
             self.strict = True
         except OSError:
             self.strict = False
-        if not dumps_only:
-            self.sock.bind((0, 0))
+        self.sock.bind((0, 0))
         self.seq = 0
         self.queue: List[Request] = []
 

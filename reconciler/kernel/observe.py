@@ -132,15 +132,12 @@ def take_snapshot(
     for t in sorted(set(tables)):
         exports.extend(kernel.host.dump_routes(table=t, protocol=RTPROT))
     names = kernel.list_netns()
-    reuse = previous is not None and still_valid is not None
     stat_time = time.monotonic()  # before the stats; ``held`` is asked after them
-    # the entries' identities decide reuse only: without an earlier snapshot each view's
-    # comes from the namespace its dump entered
-    idents = {n: netns_identity(kernel.ns_path(n)) for n in names} if reuse else {}
+    idents = {n: netns_identity(kernel.ns_path(n)) for n in names}
     namespaces: Dict[str, NsView] = {}
     todo: List[str] = []
     for name in names:
-        prev = previous.namespaces.get(name) if reuse else None
+        prev = previous.namespaces.get(name) if previous is not None and still_valid is not None else None
         if (
             prev is not None
             and held is not None
@@ -153,12 +150,23 @@ def take_snapshot(
             namespaces[name] = prev
         else:
             todo.append(name)
-    # dumped by a thread of its own (each socket closed right after: apply reopens on demand)
     if todo:
-        for name, view in kernel.dump_namespaces(todo, is_ours)().items():
-            if view.broken and view.identity is None:
-                view.identity = idents[name] if name in idents else netns_identity(kernel.ns_path(name))
+        socks = kernel._open_ns_sockets_lenient(todo)
+        for name in todo:
+            view = NsView(name, identity=idents[name], taken=time.monotonic())
+            sock = socks.get(name)
+            if sock is None:
+                view.broken = True
+                namespaces[name] = view
+                continue
+            view.identity, view.cookie = kernel._ns_ids.get(name, (idents[name], None))
+            view.links = sock.dump_links()
+            if is_ours(name, view.links):
+                view.addrs = sock.dump_addrs()
+                view.routes = sock.dump_routes(table=RT_TABLE_MAIN, protocol=RTPROT)  # ours only
+                view.full = True
             namespaces[name] = view
+            kernel.close_ns_socket(name)  # keep the fd count low; apply reopens on demand
     namespaces = {n: namespaces[n] for n in names}  # listing order, reused or not
     hosts, stamps = read_hosts_files(
         kernel.etc_netns,
