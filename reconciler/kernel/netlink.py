@@ -93,12 +93,13 @@ def parse_attrs(data: bytes, start: int, end: int) -> Dict[int, bytes]:
     """TLV attributes in ``data[start:end]`` as {type: payload} (last one wins)."""
     out: Dict[int, bytes] = {}
     pos = start
+    unpack = _RTA.unpack_from
     while pos + 4 <= end:
-        length, typ = _RTA.unpack_from(data, pos)
+        length, typ = unpack(data, pos)
         if length < 4:
             break
         out[typ & 0x3FFF] = data[pos + 4 : pos + length]
-        pos += _align(length)
+        pos += (length + 3) & ~3  # align(), inlined: this loop is observe's hottest
     return out
 
 
@@ -365,6 +366,22 @@ def dump_request(msg_type: int, seq: int, table: int = 0, protocol: int = 0) -> 
 
 
 # --- sockets -------------------------------------------------------------------------------------
+RECV_SIZE = 1 << 20  # the largest datagram read at once (a dump's are at most 32 KiB)
+_recv_buffers = threading.local()
+
+
+def _recv(sock: socket.socket) -> bytes:
+    """One datagram, read into this thread's reusable buffer and copied out at its size:
+    ``sock.recv(RECV_SIZE)`` allocates (and gives back) RECV_SIZE bytes per call, which
+    cost ~40 % of a namespace's dump CPU (profiled: two dumps, 0.18 -> 0.10 ms)."""
+    buf = getattr(_recv_buffers, "buf", None)
+    if buf is None:
+        buf = _recv_buffers.buf = bytearray(RECV_SIZE)
+    n = sock.recv_into(buf)
+    with memoryview(buf) as view:
+        return bytes(view[:n])
+
+
 @dataclass
 class Request:
     """One netlink request and how to name it in an error message."""
@@ -424,7 +441,7 @@ class NetlinkSocket:
         self.sock.send(dump_request(msg_type, seq, table, protocol))
         out = []
         while True:
-            data = self.sock.recv(1 << 20)
+            data = _recv(self.sock)
             pos = 0
             n = len(data)
             while pos + 16 <= n:
