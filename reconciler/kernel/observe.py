@@ -90,6 +90,16 @@ def observe(
     or delete (ours even unmarked). ``previous``/``still_valid``/``held``: the daemon's
     last snapshot and who vouches for its dumps (:func:`take_snapshot`), ``made``: what
     was made of them. ``tables``: the host's BGP export tables to dump."""
+    snap = take_snapshot(kernel, ours_predicate(intents), previous=previous, still_valid=still_valid, held=held, tables=tables)
+    old = previous.namespaces if previous is not None else {}
+    reused = sum(1 for n, v in snap.namespaces.items() if old.get(n) is v)
+    live, made_now = translate(snap, intents, made)
+    return Observation(live=live, snapshot=snap, made=made_now, reused=reused, dumped=len(snap.namespaces) - reused)
+
+
+def ours_predicate(intents: Iterable[Key]) -> Callable[[str, List[LinkRec]], bool]:
+    """``is_ours(name, links)``: a namespace is ours when a run recorded the intent to make
+    or delete it, or when its ``lo`` carries our marker."""
     intent_ns = {k[1] for k in intents if k[0] is Kind.NETNS}
 
     def is_ours(name: str, links: List[LinkRec]) -> bool:
@@ -97,11 +107,38 @@ def observe(
             return True
         return any(l.name == "lo" and l.alias == MARKER for l in links)
 
-    snap = take_snapshot(kernel, is_ours, previous=previous, still_valid=still_valid, held=held, tables=tables)
-    old = previous.namespaces if previous is not None else {}
-    reused = sum(1 for n, v in snap.namespaces.items() if old.get(n) is v)
-    live, made_now = translate(snap, intents, made)
-    return Observation(live=live, snapshot=snap, made=made_now, reused=reused, dumped=len(snap.namespaces) - reused)
+    return is_ours
+
+
+def dump_namespaces(
+    kernel: Kernel,
+    names: Sequence[str],
+    idents: Dict[str, Tuple[int, int]],
+    is_ours: Callable[[str, List[LinkRec]], bool],
+) -> Dict[str, NsView]:
+    """One fresh view per namespace of ``names`` (``idents``: the identity its /run/netns
+    entry had when listed): its links, and for ours its addresses and our routes; a
+    namespace that cannot be entered is a broken view."""
+    views: Dict[str, NsView] = {}
+    if not names:
+        return views
+    socks = kernel.open_ns_sockets_lenient(list(names))
+    for name in names:
+        view = NsView(name, identity=idents[name], taken=time.monotonic())
+        sock = socks.get(name)
+        if sock is None:
+            view.broken = True
+            views[name] = view
+            continue
+        view.identity, view.cookie = kernel.ns_socket_identity(name) or (idents[name], None)
+        view.links = sock.dump_links()
+        if is_ours(name, view.links):
+            view.addrs = sock.dump_addrs()
+            view.routes = sock.dump_routes(table=RT_TABLE_MAIN, protocol=RTPROT)  # ours only
+            view.full = True
+        views[name] = view
+        kernel.close_ns_socket(name)  # keep the fd count low; apply reopens on demand
+    return views
 
 
 def take_snapshot(
@@ -150,23 +187,7 @@ def take_snapshot(
             namespaces[name] = prev
         else:
             todo.append(name)
-    if todo:
-        socks = kernel.open_ns_sockets_lenient(todo)
-        for name in todo:
-            view = NsView(name, identity=idents[name], taken=time.monotonic())
-            sock = socks.get(name)
-            if sock is None:
-                view.broken = True
-                namespaces[name] = view
-                continue
-            view.identity, view.cookie = kernel.ns_socket_identity(name) or (idents[name], None)
-            view.links = sock.dump_links()
-            if is_ours(name, view.links):
-                view.addrs = sock.dump_addrs()
-                view.routes = sock.dump_routes(table=RT_TABLE_MAIN, protocol=RTPROT)  # ours only
-                view.full = True
-            namespaces[name] = view
-            kernel.close_ns_socket(name)  # keep the fd count low; apply reopens on demand
+    namespaces.update(dump_namespaces(kernel, todo, idents, is_ours))
     namespaces = {n: namespaces[n] for n in names}  # listing order, reused or not
     hosts, stamps = read_hosts_files(
         kernel.etc_netns,

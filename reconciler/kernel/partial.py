@@ -11,12 +11,11 @@ path at start, SIGHUP, retries and the periodic resync. The one-shot CLI never c
 from __future__ import annotations
 
 import os
-import time
 from typing import Dict, Iterable, Sequence
 
-from ..objects import MARKER, RTPROT, Key, Kind
+from ..objects import Key
 from .host import Kernel, NsView, Snapshot, netns_identity, read_hosts_files
-from .netlink import RT_TABLE_MAIN
+from .observe import dump_namespaces, ours_predicate
 
 
 def refresh_snapshot(kernel: Kernel, previous: Snapshot, names: Iterable[str], intents: Sequence[Key] = ()) -> Snapshot:
@@ -25,30 +24,13 @@ def refresh_snapshot(kernel: Kernel, previous: Snapshot, names: Iterable[str], i
     whose stat stamp is unchanged keeps its content, as in ``read_hosts_files``). The host
     namespace's dump and the BGP export routes are ``previous``'s: callers use it only
     after a run that changed no host link and has no export tables."""
-    intent_ns = {k[1] for k in intents if k[0] is Kind.NETNS}
     names = sorted(set(names))
     present = [n for n in names if os.path.lexists(kernel.ns_path(n))]
     idents = {n: netns_identity(kernel.ns_path(n)) for n in present}
     namespaces: Dict[str, NsView] = dict(previous.namespaces)
     for n in names:
         namespaces.pop(n, None)
-    if present:
-        socks = kernel.open_ns_sockets_lenient(present)
-        for name in present:
-            view = NsView(name, identity=idents[name], taken=time.monotonic())
-            sock = socks.get(name)
-            if sock is None:
-                view.broken = True
-                namespaces[name] = view
-                continue
-            view.identity, view.cookie = kernel.ns_socket_identity(name) or (idents[name], None)
-            view.links = sock.dump_links()
-            if name in intent_ns or any(l.name == "lo" and l.alias == MARKER for l in view.links):
-                view.addrs = sock.dump_addrs()
-                view.routes = sock.dump_routes(table=RT_TABLE_MAIN, protocol=RTPROT)  # ours only
-                view.full = True
-            namespaces[name] = view
-            kernel.close_ns_socket(name)
+    namespaces.update(dump_namespaces(kernel, present, idents, ours_predicate(intents)))
     hosts = dict(previous.hosts_files)
     stamps = dict(previous.hosts_stamps)
     for n in names:
