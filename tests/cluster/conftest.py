@@ -26,11 +26,12 @@ class Etcd:
     """One etcd member; ``cluster``: the whole initial cluster (name=peer URL, ...) when it
     is one of several (started with peer_port given)."""
 
-    def __init__(self, tmp, name="m1", peer_port=None, cluster=None, wait=True, max_txn_ops=1024):
+    def __init__(self, tmp, name="m1", peer_port=None, cluster=None, wait=True, max_txn_ops=1024,
+                 scheme="http", extra=()):
         if not os.access(ETCD, os.X_OK):
             pytest.fail("the etcd binary is missing: install etcd-server (scripts/system-deps installs it)")
         self.client_port, self.peer_port = free_port(), peer_port or free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.url = f"{scheme}://127.0.0.1:{self.client_port}"  # https: give the TLS flags in ``extra``
         peer = f"http://127.0.0.1:{self.peer_port}"
         self.dir = os.path.join(tmp, name)
         self.log = open(os.path.join(tmp, f"{name}.log"), "wb")
@@ -40,20 +41,22 @@ class Etcd:
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", cluster or f"{name}={peer}", "--initial-cluster-state", "new",
              "--logger", "zap", "--log-level", "error"]
-            + (["--max-txn-ops", str(max_txn_ops)] if max_txn_ops else []),
+            + (["--max-txn-ops", str(max_txn_ops)] if max_txn_ops else [])
+            + list(extra),
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         if wait:
             self.wait()
 
-    def wait(self):
+    def wait(self, ctx=None):
+        """Until the member answers (``ctx``: the SSL context of a TLS member)."""
         deadline = time.monotonic() + 20
         import urllib.request
 
         while True:
             try:
                 urllib.request.urlopen(urllib.request.Request(self.url + "/v3/maintenance/status", data=b"{}"),
-                                       timeout=1).read()
+                                       timeout=1, context=ctx).read()
                 return
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:

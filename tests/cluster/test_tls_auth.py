@@ -19,7 +19,7 @@ from reconciler.cluster.keys import Keys
 from reconciler.cluster.store import EtcdUnavailable, Store, credentials, watch_key
 from reconciler.errors import UserError
 
-from .conftest import ETCD, free_port
+from .conftest import Etcd, free_port
 from .helpers import write
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
@@ -50,38 +50,9 @@ def make_pki(d):
     return {k: os.path.join(d, k) for k in os.listdir(d)}
 
 
-class Member:
-    def __init__(self, d, extra, scheme="http"):
-        if not os.access(ETCD, os.X_OK):
-            pytest.fail("the etcd binary is missing: install etcd-server (scripts/system-deps installs it)")
-        cp, pp = free_port(), free_port()
-        self.url = f"{scheme}://127.0.0.1:{cp}"
-        peer = f"http://127.0.0.1:{pp}"
-        self.log = open(os.path.join(d, "etcd.log"), "wb")
-        self.proc = subprocess.Popen(
-            [ETCD, "--name", "t1", "--data-dir", os.path.join(d, "data"), "--listen-client-urls", self.url,
-             "--advertise-client-urls", self.url, "--listen-peer-urls", peer, "--initial-advertise-peer-urls",
-             peer, "--initial-cluster", f"t1={peer}", "--logger", "zap", "--log-level", "error", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait(self, ctx=None):
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(urllib.request.Request(self.url + "/v3/maintenance/status", data=b"{}"),
-                                       timeout=1, context=ctx).read()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    pytest.fail(f"etcd did not start (log: {self.log.name})")
-                time.sleep(0.1)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.log.close()
+def Member(d, extra, scheme="http"):
+    """One etcd member started with ``extra`` flags (TLS, auth); the caller waits for it."""
+    return Etcd(d, "t1", wait=False, max_txn_ops=None, scheme=scheme, extra=extra)
 
 
 @pytest.fixture(scope="module")
