@@ -15,5 +15,5 @@ def host_addresses(kernel) -> Dict[str, Tuple[ipaddress._BaseAddress, ...]]:
     for a in kernel.host.dump_addrs():
         name = names.get(a.index)
         if name is not None:
-            out.setdefault(name, []).append(ipaddress.ip_address(a.address))
+            out.setdefault(name, []).append(a.interface.ip)  # from the kernel's bytes, no text round trip
     return {n: tuple(v) for n, v in out.items()}
