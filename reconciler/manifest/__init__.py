@@ -247,9 +247,12 @@ def load_documents(
     return docs, diags
 
 
-def check_documents(docs: Sequence[Document], diags: Iterable[Diagnostic] = ()) -> DesiredState:
+def check_documents(
+    docs: Sequence[Document], diags: Iterable[Diagnostic] = (), keep: Optional[List[Any]] = None
+) -> DesiredState:
     """Schema and semantic rules over parsed documents; raise ManifestError with every
-    problem (including ``diags`` from earlier stages), else return the desired state."""
+    problem (including ``diags`` from earlier stages), else return the desired state.
+    ``keep``: gets the semantic checker (see ``semantic.check``)."""
     problems: List[Diagnostic] = list(diags)
     bad: Dict[int, Set[Tuple[Any, ...]]] = {}
     incomplete = False
@@ -286,7 +289,7 @@ def check_documents(docs: Sequence[Document], diags: Iterable[Diagnostic] = ()) 
             bad[i] = where
             if () in where or ("*",) in where:
                 incomplete = True
-    state, d = _semantic.check(docs, bad, incomplete)
+    state, d = _semantic.check(docs, bad, incomplete, keep)
     problems.extend(d)
     ula_prefix, d = _ula.check(docs, bad)
     problems.extend(d)

@@ -1,0 +1,339 @@
+"""The daemon's entry-level manifest reload (issue 12): after a one-container edit, only the
+entries that changed are checked again.
+
+:class:`IncrementalLoad` is a :class:`ParseCache` (files whose bytes did not change are not
+parsed again; the daemon's fingerprint primes it) whose ``load(paths)`` gives exactly what
+``manifest.load(paths)`` gives -- the same desired state, or the same ``ManifestError`` --
+and keeps, after a valid load, a **base**: the semantic checker of the last full check with
+its cross-entry indexes (host names and aliases -> container, each network's explicit
+addresses -> container, each network's demand for automatic addresses), and per file its
+container entries (parsed value, the positions the model takes, the ``Container`` built).
+
+The next load, when every file is still there and each changed file differs from its last
+version only in its ``containers:`` entries, takes the incremental path:
+
+* an entry whose value (compared as parsed values, not text) and positions (its key, its
+  networks' keys and their order) are equal keeps its ``Container`` object;
+* the others are removed from the indexes and checked again one by one: the schema of the
+  entry, its name and aliases as host names, its addresses against the network's reserved
+  and used ones, its networks' demand, exactly the rules the full check applies to a
+  container (``_Checker.host_name``, ``_Checker.container``), against indexes that hold
+  every other container; the pool-exhaustion rule runs again for the networks whose
+  addresses or demand changed;
+* the desired state is the base's networks, VLANs and warnings with the containers in
+  manifest order.
+
+Anything else falls back to the full check, which stays the judge and makes the next base:
+the first load, a file added or removed, a parse error, any change outside ``containers:``
+(networks, VLANs, hosts, bgp, ula_prefix, even a moved line there), fleet manifests (host:,
+hosts:, bgp:, block sizes), macvlan passthru networks, a base whose containers gave
+warnings, and any problem the incremental path meets (a schema error, a duplicate name, an
+address taken, a warning...): the full check then reports every diagnostic, with its
+file:line:col, exactly as ``manifest.load`` does. ``IPVLAN_RECONCILER_INCREMENTAL=0`` makes
+every load a full one (to compare).
+
+The one-shot CLI never uses this: ``manifest.load`` is unchanged and pays nothing for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+from ..gcpause import no_cyclic_gc
+from ..model import Container, DesiredState, MacvlanMode
+from . import ParseCache, check_documents, load_documents
+from . import schema as _schema
+from .semantic import Entry, _Checker, _NetInfo
+from .yamlload import Document, YMap
+
+CONTAINERS = "containers"
+
+
+def _p(pos: Any) -> Tuple[int, int]:
+    return pos.line, pos.column
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as the model sees them: the same types (1 is not true), values, key order and
+    positions of every key, value and item."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        if list(a) != list(b):
+            return False
+        if isinstance(a, YMap):
+            for k in a:
+                if _p(a.kpos[k]) != _p(b.kpos[k]) or _p(a.vpos[k]) != _p(b.vpos[k]):
+                    return False
+        return all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        if len(a) != len(b):
+            return False
+        if hasattr(a, "ipos") and [_p(p) for p in a.ipos] != [_p(p) for p in b.ipos]:
+            return False
+        return all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _sig(section: YMap, name: str, value: Any) -> Tuple[Any, ...]:
+    """The positions (and order) a valid container's model takes from its entry: the entry's
+    key (Container.loc) and each network's key, in order (Attachment.ifname and .loc)."""
+    kp = section.kpos[name]
+    nets = value.get("networks") if isinstance(value, dict) else None
+    if isinstance(nets, YMap):
+        return (kp.line, kp.column, tuple((k, p.line, p.column) for k, p in nets.kpos.items()))
+    return (kp.line, kp.column, None if nets is None else tuple(nets))
+
+
+def _entry_valid(value: Any) -> bool:
+    """The schema of one container entry (the compiled fast path)."""
+    return _schema._fast()[1]["container"](value)
+
+
+class _Rec:
+    """One valid container entry of the base and what it put into the indexes."""
+
+    __slots__ = ("value", "sig", "container", "hostnames", "addrs", "demand")
+
+    def __init__(self, value: Any, sig: Tuple[Any, ...], ct: Container, infos: Dict[str, _NetInfo]):
+        self.value = value
+        self.sig = sig
+        self.container = ct
+        names = {ct.name.lower()}
+        addrs: List[Tuple[str, Any]] = []
+        demand: List[Tuple[int, str]] = []
+        for att in ct.attachments:
+            names.update(a.lower() for a in att.aliases)
+            info = infos[att.network]
+            for a in (att.ip, att.ip6):
+                if a is not None:
+                    addrs.append((att.network, a))
+            if not info.broken:  # as _Checker.container counts it (host: None outside a fleet)
+                if att.ip is None:
+                    demand.append((4, att.network))
+                if att.ip6 is None and info.net.ipv6:
+                    demand.append((6, att.network))
+        self.hostnames = tuple(names)
+        self.addrs = tuple(addrs)
+        self.demand = tuple(demand)
+
+
+class _Base:
+    """What the last valid load was made of (see the module's doc)."""
+
+    def __init__(self, docs: Sequence[Document], c: _Checker, state: DesiredState):
+        self.docs = list(docs)
+        self.files = [d.file for d in docs]
+        self.c = c
+        self.infos: Dict[str, _NetInfo] = c.pools[0]
+        self.state = state
+        self.sections: List[Optional[YMap]] = []
+        self.recs: List[Dict[str, _Rec]] = []
+        self.where: Dict[str, int] = {}  # container -> index of its file
+        for i, doc in enumerate(docs):
+            section = doc.root.get(CONTAINERS)
+            recs: Dict[str, _Rec] = {}
+            if isinstance(section, YMap):
+                for name, value in section.items():
+                    recs[name] = _Rec(value, _sig(section, name, value), state.containers[name], self.infos)
+                    self.where[name] = i
+            self.sections.append(section if isinstance(section, YMap) else None)
+            self.recs.append(recs)
+        # the entries of the full check (only its error messages read them) hold every
+        # document of that load: not kept
+        c.entries = {}
+        c.pools = (self.infos, {})
+
+    @staticmethod
+    def make(docs: Sequence[Document], c: _Checker, state: DesiredState) -> Optional["_Base"]:
+        """A base for the incremental path, or None where it does not apply (see the doc)."""
+        if state.hosts or state.bgp is not None or c.incomplete:
+            return None
+        if len(c.warnings) != getattr(c, "net_warnings", -1):
+            return None  # containers gave warnings: their order is the full check's to make
+        for doc in docs:
+            root = doc.root
+            if not doc.ok or not isinstance(root, YMap) or "hosts" in root or "bgp" in root:
+                return None
+            section = root.get(CONTAINERS)
+            if section is not None and not isinstance(section, YMap):
+                return None
+        for info in c.pools[0].values():
+            e = info.entry
+            if e.get("block_size") is not None or e.get("block_size6") is not None:
+                return None
+            if info.net.macvlan and info.net.macvlan_mode is MacvlanMode.PASSTHRU:
+                return None
+        if sum(len(d.root.get(CONTAINERS) or ()) for d in docs) != len(state.containers):
+            return None
+        return _Base(docs, c, state)
+
+    # ---- the incremental path ------------------------------------------------------------
+
+    def _same_top(self, old: YMap, new: YMap) -> bool:
+        """Everything of a file but its containers: unchanged, positions included."""
+        ko = [k for k in old if k != CONTAINERS]
+        kn = [k for k in new if k != CONTAINERS]
+        if ko != kn:
+            return False
+        for k in ko:
+            if _p(old.kpos[k]) != _p(new.kpos[k]) or _p(old.vpos[k]) != _p(new.vpos[k]):
+                return False
+            if not _same(old[k], new[k]):
+                return False
+        return True
+
+    def _diff_file(self, i: int, section: Optional[YMap]) -> Tuple[Dict[str, _Rec], List[str], List[_Rec]]:
+        """(entries kept, names to check, records to drop) of file ``i``'s new containers."""
+        old = self.recs[i]
+        kept: Dict[str, _Rec] = {}
+        check: List[str] = []
+        if section:
+            for name, value in section.items():
+                rec = old.get(name)
+                if rec is not None and rec.value == value and rec.sig == _sig(section, name, value):
+                    rec.value = value  # (the old document can go)
+                    kept[name] = rec
+                else:
+                    check.append(name)
+        drop = [rec for name, rec in old.items() if name not in kept]
+        return kept, check, drop
+
+    def _remove(self, rec: _Rec, touched: Set[str]) -> None:
+        c = self.c
+        for low in rec.hostnames:
+            c.hostnames.pop(low, None)
+        for net, addr in rec.addrs:
+            self.infos[net].used.pop(addr, None)
+            touched.add(net)
+        for fam, key in rec.demand:
+            d = c.demand[fam]
+            left = d[key] - 1
+            if left:
+                d[key] = left
+            else:
+                del d[key]
+            touched.add(key)
+        self.where.pop(rec.container.name, None)
+
+    def _add(self, doc: Document, section: YMap, name: str, touched: Set[str]) -> Optional[_Rec]:
+        c = self.c
+        value = section[name]
+        if not _entry_valid(value) or name in self.where:
+            return None  # a schema error, a duplicate name: the full check words it
+        if isinstance(value, dict) and value.get("host") is not None:
+            return None  # host: outside a fleet is an error
+        kpos = section.kpos[name]
+        e = Entry(CONTAINERS, name, doc, value, kpos, True)
+        ndiag, nwarn = len(c.diags), len(c.warnings)
+        c.host_name(doc, kpos, name, name, f"container {name}: name", "the name")
+        ct = c.container(e, self.infos, self.infos)
+        if ct is None or len(c.diags) != ndiag or len(c.warnings) != nwarn:
+            return None
+        rec = _Rec(value, _sig(section, name, value), ct, self.infos)
+        touched.update(a.network for a in ct.attachments)
+        return rec
+
+    def _rebuild(self) -> DesiredState:
+        containers: Dict[str, Container] = {}
+        for section, recs in zip(self.sections, self.recs):
+            if section:
+                for name in section:
+                    containers[name] = recs[name].container
+        return dataclasses.replace(self.state, containers=containers)
+
+    def update(self, docs: Sequence[Document]) -> Tuple[Optional[DesiredState], str]:
+        """The desired state of ``docs`` by the incremental path, and how it went; (None,
+        why) when it does not apply: the base is then spoilt (its indexes may be half
+        updated) and the caller runs the full check."""
+        if [d.file for d in docs] != self.files:
+            return None, "files added or removed"
+        changed = [i for i, d in enumerate(docs) if d is not self.docs[i]]
+        if not changed:
+            return self.state, "incremental(0 entries checked)"
+        shallow = _schema._fast()[2]
+        plans = []
+        for i in changed:
+            new = docs[i]
+            root = new.root
+            if not new.ok or not isinstance(root, YMap) or "version" not in root:
+                return None, "a file is not a manifest"
+            if not self._same_top(self.docs[i].root, root):
+                return None, "a change outside containers:"
+            if not shallow(root):
+                return None, "schema"
+            section = root.get(CONTAINERS)
+            if section is not None and not isinstance(section, YMap):
+                return None, "schema"
+            plans.append((i, section) + self._diff_file(i, section))
+        touched: Set[str] = set()
+        for _, _, _, _, drop in plans:  # every removal before any addition: an entry may move files
+            for rec in drop:
+                self._remove(rec, touched)
+        checked = 0
+        for i, section, kept, check, _ in plans:
+            for name in check:
+                rec = self._add(docs[i], section, name, touched)
+                if rec is None:
+                    return None, "a changed entry needs the full check"
+                kept[name] = rec
+                self.where[name] = i
+                checked += 1
+            self.recs[i] = kept
+            self.sections[i] = section
+            self.docs[i] = docs[i]
+        if not self._pools(touched):
+            return None, "an address pool"
+        self.state = self._rebuild()
+        return self.state, f"incremental({checked} entr{'y' if checked == 1 else 'ies'} checked)"
+
+    def _pools(self, touched: Set[str]) -> bool:
+        """The exhaustion rule for the networks whose demand or explicit addresses changed."""
+        c = self.c
+        ndiag = len(c.diags)
+        try:
+            for fam in (4, 6):
+                d = c.demand[fam]
+                for net in touched:
+                    wants = d.get(net)
+                    if wants:
+                        c.exhausted(self.infos[net], fam, None, wants, {}, self.state)
+        except Exception:  # the error's wording needs every entry: the full check makes it
+            return False
+        return len(c.diags) == ndiag
+
+
+class IncrementalLoad(ParseCache):
+    """The daemon's manifest loader: ``load(paths)`` is ``manifest.load(paths)``, with
+    unchanged files not parsed again and unchanged container entries not checked again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._base: Optional[_Base] = None
+        self.last_mode = ""  # how the last load went: full(...) or incremental(...)
+        self.enabled = os.environ.get("IPVLAN_RECONCILER_INCREMENTAL", "1") != "0"
+
+    def reset(self) -> None:
+        """Forget the base: the next load is a full check."""
+        self._base = None
+
+    def load(self, paths: Sequence[str]) -> DesiredState:
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            paths = [os.fsdecode(paths)]
+        with no_cyclic_gc():
+            docs, diags = load_documents(list(paths), self)
+            base, self._base = self._base, None
+            why = "first load" if base is None else "parse problems"
+            if base is not None and not diags:
+                state, why = base.update(docs)
+                if state is not None:
+                    self._base = base
+                    self.last_mode = why
+                    return state
+            self.last_mode = f"full({why})"
+            keep: List[Any] = []
+            state = check_documents(docs, diags, keep=keep)  # ManifestError: no base
+            if self.enabled:
+                self._base = _Base.make(docs, keep[0], state)
+            return state
