@@ -218,10 +218,16 @@ class ParseCache:
         hit = self._files.get(path)
         if hit is not None and hit[0] == digest:
             return hit[1], list(hit[2])
-        doc, diags = parse_bytes(data, STDIN_NAME if path == STDIN else path)
+        doc, diags = self._parse(data, STDIN_NAME if path == STDIN else path, hit)
         self._files[path] = (digest, doc, tuple(diags))
         self.parsed += 1
         return doc, diags
+
+    def _parse(
+        self, data: bytes, name: str, previous: Optional[Tuple[bytes, Document, Tuple[Diagnostic, ...]]]
+    ) -> Tuple[Document, List[Diagnostic]]:
+        """Parse a file's new bytes (``previous``: its last version in the cache, if any)."""
+        return parse_bytes(data, name)
 
     def keep_only(self, paths: Iterable[str]) -> None:
         keep = set(paths)

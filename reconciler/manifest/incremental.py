@@ -40,12 +40,15 @@ import dataclasses
 import os
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+import re
+
+from ..errors import Diagnostic
 from ..gcpause import no_cyclic_gc
 from ..model import Container, DesiredState, MacvlanMode
-from . import ParseCache, check_documents, load_documents
+from . import ParseCache, check_documents, load_documents, parse_bytes
 from . import schema as _schema
 from .semantic import Entry, _Checker, _NetInfo
-from .yamlload import Document, YMap
+from .yamlload import MAX_FILE_BYTES, P, Document, YMap, YSeq, parse_text
 
 CONTAINERS = "containers"
 
@@ -94,10 +97,11 @@ def _entry_valid(value: Any) -> bool:
 class _Rec:
     """One valid container entry of the base and what it put into the indexes."""
 
-    __slots__ = ("value", "sig", "container", "hostnames", "addrs", "demand")
+    __slots__ = ("value", "kp", "sig", "container", "hostnames", "addrs", "demand")
 
-    def __init__(self, value: Any, sig: Tuple[Any, ...], ct: Container, infos: Dict[str, _NetInfo]):
+    def __init__(self, value: Any, kp: Any, sig: Tuple[Any, ...], ct: Container, infos: Dict[str, _NetInfo]):
         self.value = value
+        self.kp = kp  # its key's position object: the same object (a spliced parse) = the same entry
         self.sig = sig
         self.container = ct
         names = {ct.name.lower()}
@@ -136,7 +140,8 @@ class _Base:
             recs: Dict[str, _Rec] = {}
             if isinstance(section, YMap):
                 for name, value in section.items():
-                    recs[name] = _Rec(value, _sig(section, name, value), state.containers[name], self.infos)
+                    recs[name] = _Rec(value, section.kpos[name], _sig(section, name, value),
+                                      state.containers[name], self.infos)
                     self.where[name] = i
             self.sections.append(section if isinstance(section, YMap) else None)
             self.recs.append(recs)
@@ -190,10 +195,13 @@ class _Base:
         kept: Dict[str, _Rec] = {}
         check: List[str] = []
         if section:
+            kpos = section.kpos
             for name, value in section.items():
                 rec = old.get(name)
-                if rec is not None and rec.value == value and rec.sig == _sig(section, name, value):
-                    rec.value = value  # (the old document can go)
+                if rec is not None and rec.value is value and rec.kp is kpos[name]:
+                    kept[name] = rec  # the very same parsed entry (splice() kept it)
+                elif rec is not None and rec.value == value and rec.sig == _sig(section, name, value):
+                    rec.value, rec.kp = value, kpos[name]  # (the old document can go)
                     kept[name] = rec
                 else:
                     check.append(name)
@@ -231,16 +239,23 @@ class _Base:
         ct = c.container(e, self.infos, self.infos)
         if ct is None or len(c.diags) != ndiag or len(c.warnings) != nwarn:
             return None
-        rec = _Rec(value, _sig(section, name, value), ct, self.infos)
+        rec = _Rec(value, kpos, _sig(section, name, value), ct, self.infos)
         touched.update(a.network for a in ct.attachments)
         return rec
 
-    def _rebuild(self) -> DesiredState:
-        containers: Dict[str, Container] = {}
-        for section, recs in zip(self.sections, self.recs):
-            if section:
-                for name in section:
-                    containers[name] = recs[name].container
+    def _rebuild(self, in_place: Optional[List[str]]) -> DesiredState:
+        """The new desired state; ``in_place``: the only containers that changed, each where
+        it was (the same names in the same order): the old mapping, copied, takes them."""
+        if in_place is not None:
+            containers = dict(self.state.containers)
+            for name in in_place:
+                containers[name] = self.recs[self.where[name]][name].container
+        else:
+            containers = {}
+            for section, recs in zip(self.sections, self.recs):
+                if section:
+                    for name in section:
+                        containers[name] = recs[name].container
         return dataclasses.replace(self.state, containers=containers)
 
     def update(self, docs: Sequence[Document]) -> Tuple[Optional[DesiredState], str]:
@@ -267,6 +282,12 @@ class _Base:
             if section is not None and not isinstance(section, YMap):
                 return None, "schema"
             plans.append((i, section) + self._diff_file(i, section))
+        in_place: Optional[List[str]] = []
+        for i, section, _, check, drop in plans:
+            if in_place is not None and len(check) == len(drop) and list(section or ()) == list(self.sections[i] or ()):
+                in_place.extend(check)
+            else:
+                in_place = None
         touched: Set[str] = set()
         for _, _, _, _, drop in plans:  # every removal before any addition: an entry may move files
             for rec in drop:
@@ -285,7 +306,7 @@ class _Base:
             self.docs[i] = docs[i]
         if not self._pools(touched):
             return None, "an address pool"
-        self.state = self._rebuild()
+        self.state = self._rebuild(in_place)
         return self.state, f"incremental({checked} entr{'y' if checked == 1 else 'ies'} checked)"
 
     def _pools(self, touched: Set[str]) -> bool:
@@ -304,6 +325,112 @@ class _Base:
         return len(c.diags) == ndiag
 
 
+# ---- re-parsing only the lines an in-place edit changed ------------------------------------
+
+# one container entry on one line, as bench/gen.py writes them: `  name: {...}`, printable
+# ASCII, nothing that reaches beyond the line or changes how it parses (comments, anchors,
+# aliases, tags, merge keys, tabs)
+_ENTRY_LINE = re.compile(r"  ([A-Za-z0-9][A-Za-z0-9_.-]*): \{[^#&*!<\t\x00-\x1f\x7f-\U0010ffff]*\}")
+_OTHER_BREAKS = ("\r", "\x85", "\u2028", "\u2029")  # what else YAML (1.1: libyaml) may count as a line break
+MAX_SPLICE_LINES = 16
+# the walker's node limit (yamlload.MAX_NODES) cannot be reached by a file this size
+MAX_SPLICE_BYTES = MAX_FILE_BYTES // 8
+
+
+def _entries(lines: Sequence[str], file: str) -> Optional[YMap]:
+    """``lines`` (each a whole entry line) parsed alone as a containers: section, or None
+    when that is not one entry per line without a problem."""
+    doc, diags = parse_text("containers:\n" + "\n".join(lines) + "\n", file)
+    section = doc.root.get(CONTAINERS) if doc.ok and isinstance(doc.root, YMap) else None
+    if diags or not isinstance(section, YMap) or len(section) != len(lines):
+        return None
+    for k, p in enumerate(section.kpos.values()):
+        if (p.line, p.column) != (k + 1, 2):
+            return None
+    return section
+
+
+def _shift(node: Any, delta: int) -> None:
+    """Move every position in ``node`` (a fresh parse's values, no shared nodes) down
+    ``delta`` lines."""
+    if isinstance(node, YMap):
+        node.pos = P(node.pos.line + delta, node.pos.column)
+        for d in (node.kpos, node.vpos):
+            for k, p in d.items():
+                d[k] = P(p.line + delta, p.column)
+        for v in node.values():
+            _shift(v, delta)
+    elif isinstance(node, YSeq):
+        node.pos = P(node.pos.line + delta, node.pos.column)
+        node.ipos[:] = [P(p.line + delta, p.column) for p in node.ipos]
+        for v in node:
+            _shift(v, delta)
+
+
+def splice(old: Document, data: bytes) -> Optional[Document]:
+    """The parse of ``data``, a new version of ``old``'s file, made by parsing only the lines
+    that changed -- or None, and the caller parses the whole file. Only for an in-place edit
+    of a few one-line container entries (the same lines hold the same names, the line count
+    is unchanged) in a block ``containers:`` mapping: every changed line, old and new, parses
+    alone as exactly one complete entry on that line, so the parser is in the same state
+    before and after those lines and everything else parses as before, at the same place."""
+    if len(data) > MAX_SPLICE_BYTES or not old.ok or not isinstance(old.root, YMap):
+        return None
+    section = old.root.get(CONTAINERS)
+    if not isinstance(section, YMap) or not section:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("\ufeff") or any(c in t for t in (text, old.text) for c in _OTHER_BREAKS):
+        return None  # line numbers as the parser counts them are split("\n")'s
+    ol, nl = old.text.split("\n"), text.split("\n")
+    if len(ol) != len(nl):
+        return None
+    a = 0
+    while a < len(nl) and ol[a] == nl[a]:
+        a += 1
+    b = len(nl)
+    while b > a and ol[b - 1] == nl[b - 1]:
+        b -= 1
+    if a == b or b - a > MAX_SPLICE_LINES:
+        return None
+    # the containers: mapping is a block one (its first key starts it, not a "{")
+    sp = section.pos
+    if ol[sp.line][sp.column:sp.column + 1] == "{":
+        return None
+    names = []
+    for i in range(a, b):
+        mo, mn = _ENTRY_LINE.fullmatch(ol[i]), _ENTRY_LINE.fullmatch(nl[i])
+        if mo is None or mn is None or mo.group(1) != mn.group(1):
+            return None
+        kp = section.kpos.get(mo.group(1))
+        if kp is None or (kp.line, kp.column) != (i, 2):
+            return None  # (also: the parser counted lines as split() does up to here)
+        names.append(mo.group(1))
+    if _entries(ol[a:b], old.file) is None:  # the old lines were whole entries too
+        return None
+    fresh = _entries(nl[a:b], old.file)
+    if fresh is None or list(fresh) != names:
+        return None
+    _shift(fresh, a - 1)
+    new_section = YMap(section.pos)
+    new_section.update(section)
+    new_section.kpos.update(section.kpos)
+    new_section.vpos.update(section.vpos)
+    for name in names:
+        new_section[name] = fresh[name]
+        new_section.kpos[name] = fresh.kpos[name]
+        new_section.vpos[name] = fresh.vpos[name]
+    root = YMap(old.root.pos)
+    root.update(old.root)
+    root.kpos.update(old.root.kpos)
+    root.vpos.update(old.root.vpos)
+    root[CONTAINERS] = new_section
+    return Document(old.file, text, root=root, root_pos=old.root_pos)
+
+
 class IncrementalLoad(ParseCache):
     """The daemon's manifest loader: ``load(paths)`` is ``manifest.load(paths)``, with
     unchanged files not parsed again and unchanged container entries not checked again."""
@@ -313,6 +440,15 @@ class IncrementalLoad(ParseCache):
         self._base: Optional[_Base] = None
         self.last_mode = ""  # how the last load went: full(...) or incremental(...)
         self.enabled = os.environ.get("IPVLAN_RECONCILER_INCREMENTAL", "1") != "0"
+        self.spliced = 0  # files parsed by splice() (only their changed lines), ever
+
+    def _parse(self, data: bytes, name: str, previous) -> Tuple[Document, List[Diagnostic]]:
+        if self.enabled and previous is not None and not previous[2]:
+            doc = splice(previous[1], data)
+            if doc is not None:
+                self.spliced += 1
+                return doc, []
+        return parse_bytes(data, name)
 
     def reset(self) -> None:
         """Forget the base: the next load is a full check."""

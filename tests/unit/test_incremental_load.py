@@ -82,7 +82,8 @@ def bodies(draw) -> str:
     k = draw(st.integers(0, NETS - 1))
     net = f"n{k:02d}"
     kind = draw(st.sampled_from(["auto", "ip", "ip", "two", "alias", "ip6", "unknown_net", "bad_key",
-                                 "host", "bad_ip", "empty_nets", "null"]))
+                                 "host", "bad_ip", "empty_nets", "null", "unclosed", "comment", "anchor",
+                                 "quoted", "tab"]))
     if kind == "auto":
         return f"{{networks: {{{net}: {{}}}}}}"
     if kind == "ip":
@@ -104,6 +105,16 @@ def bodies(draw) -> str:
         return f"{{networks: {{{net}: {{ip: 10.{k + 1}.0.0}}}}}}"
     if kind == "empty_nets":
         return "{networks: {}}"
+    if kind == "unclosed":  # a flow mapping that the next line would have to close
+        return f"{{networks: {{{net}: {{}}}}"
+    if kind == "comment":
+        return f"{{networks: {{{net}: {{}}}}}} # {{networks: {{nope: {{}}}}}}"
+    if kind == "anchor":
+        return f"&a{k} {{networks: {{{net}: {{}}}}}}"
+    if kind == "quoted":
+        return f"{{\"networks\": {{'{net}': {{ip: \"10.{k + 1}.250.1\"}}}}}}"
+    if kind == "tab":
+        return f"{{networks:\t{{{net}: {{}}}}}}"
     return ""
 
 
@@ -114,10 +125,16 @@ def edit(draw, files: Dict[str, List[str]], pristine: Dict[str, List[str]]) -> N
     f = draw(st.sampled_from(cfiles)) if cfiles else None
     lines = files[f] if f else None
     entries = [i for i, line in enumerate(lines or []) if line.startswith("  ") and not line.startswith("   ")]
-    if op == "body" and entries:
+    if op == "body" and entries:  # in place: the parser may take only the changed lines
         i = draw(st.sampled_from(entries))
         name = lines[i].split(":")[0].strip()
+        if draw(st.integers(0, 5)) == 0:
+            name = draw(st.sampled_from(NAMES))  # renamed in place
         lines[i] = container_line(name, bodies(draw))
+        if draw(st.booleans()) and len(entries) > 1:  # a second line of the same edit
+            j = draw(st.sampled_from(entries))
+            if j != i:
+                lines[j] = container_line(lines[j].split(":")[0].strip(), bodies(draw))
     elif op == "add" and lines is not None:
         at = draw(st.integers(min(3, len(lines)), len(lines)))
         lines.insert(at, container_line(draw(st.sampled_from(NAMES)), bodies(draw)))
@@ -204,6 +221,7 @@ def test_the_random_edits_take_the_incremental_path():
             write(d, files)
             check_step(d, inc, modes)
     assert modes == ["full(first load)"] + ["incremental(1 entry checked)"] * 3
+    assert inc.spliced == 3  # and only the edited line was parsed again
 
 
 def _dir(tmp_path, **files: str) -> str:
@@ -327,3 +345,38 @@ def test_only_the_changed_entry_is_checked(tmp_path, monkeypatch):
     write(d, files)
     assert repr(inc.load([d])) == repr(manifest.load([d]))
     assert calls[0] == "c0001" and len(calls) == 1 + 14  # (the + 14: the fresh full load)
+
+
+def test_splice_parses_only_the_changed_lines_and_falls_back_for_anything_else(tmp_path):
+    from reconciler.manifest.incremental import splice
+    from reconciler.manifest.yamlload import parse_text
+
+    text = ("version: 1\nnetworks:\n  n1: {parent: eth0, subnets: [{subnet: 10.1.0.0/24}]}\ncontainers:\n"
+            "  a: {networks: {n1: {}}}\n  b: {networks: {n1: {aliases: [x]}}}\n  c: {networks: {n1: {}}}\n")
+    old, diags = parse_text(text, "f.yaml")
+    assert not diags
+
+    def same_as_a_parse(new_text: str) -> bool:
+        got = splice(old, new_text.encode())
+        if got is None:
+            return False
+        want, d = parse_text(new_text, "f.yaml")
+        assert not d and got.root == want.root and got.text == want.text
+        from reconciler.manifest.incremental import _same
+
+        assert _same(got.root, want.root)  # every position too
+        return True
+
+    assert same_as_a_parse(text.replace("aliases: [x]", "ip: 10.1.0.9, aliases: [x, y]"))
+    assert same_as_a_parse(text.replace("  a: {networks: {n1: {}}}", "  a: {networks: {n1: {ip: \"10.1.0.7\"}}}"))
+    for other in (
+        text.replace("  b: {", "  d: {"),  # renamed: a full parse
+        text.replace("  b: {networks: {n1: {aliases: [x]}}}", "  b: {networks: {n1: {}}"),  # unclosed
+        text.replace("  b: {networks: {n1: {aliases: [x]}}}", "  b: {networks: {n1: {}}} # c"),  # a comment
+        text.replace("  b: {networks: {n1: {aliases: [x]}}}", "  b:\n    networks: {n1: {}}"),  # lines added
+        text.replace("  b: {networks: {n1: {aliases: [x]}}}", "  b: &x {networks: {n1: {}}}"),  # an anchor
+        text.replace("[{subnet: 10.1.0.0/24}]", "[{subnet: 10.1.1.0/24}]"),  # not a container
+        text.replace("  c: {networks: {n1: {}}}", "  c: {networks: {n1: {}}, networks: {}}"),  # duplicate key
+        text.replace("  b: {networks: {n1: {aliases: [x]}}}", "  b: {networks: {n1: {aliases: [x\u2028]}}}"),
+    ):
+        assert not same_as_a_parse(other)
