@@ -79,10 +79,9 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _sig(section: YMap, name: str, value: Any) -> Tuple[Any, ...]:
+def _sig(kp: Any, value: Any) -> Tuple[Any, ...]:
     """The positions (and order) a valid container's model takes from its entry: the entry's
-    key (Container.loc) and each network's key, in order (Attachment.ifname and .loc)."""
-    kp = section.kpos[name]
+    key ``kp`` (Container.loc) and each network's key, in order (Attachment.ifname, .loc)."""
     nets = value.get("networks") if isinstance(value, dict) else None
     if isinstance(nets, YMap):
         return (kp.line, kp.column, tuple((k, p.line, p.column) for k, p in nets.kpos.items()))
@@ -95,32 +94,38 @@ def _entry_valid(value: Any) -> bool:
 
 
 class _Rec:
-    """One valid container entry of the base and what it put into the indexes."""
+    """One valid container entry of the base: its parsed value, its key's position object
+    (the same object: the same entry, from a spliced parse) and its model object."""
 
-    __slots__ = ("value", "kp", "sig", "container", "hostnames", "addrs", "demand")
+    __slots__ = ("value", "kp", "container")
 
-    def __init__(self, value: Any, kp: Any, sig: Tuple[Any, ...], ct: Container, infos: Dict[str, _NetInfo]):
+    def __init__(self, value: Any, kp: Any, ct: Container):
         self.value = value
-        self.kp = kp  # its key's position object: the same object (a spliced parse) = the same entry
-        self.sig = sig
+        self.kp = kp
         self.container = ct
-        names = {ct.name.lower()}
-        addrs: List[Tuple[str, Any]] = []
-        demand: List[Tuple[int, str]] = []
-        for att in ct.attachments:
-            names.update(a.lower() for a in att.aliases)
-            info = infos[att.network]
-            for a in (att.ip, att.ip6):
-                if a is not None:
-                    addrs.append((att.network, a))
-            if not info.broken:  # as _Checker.container counts it (host: None outside a fleet)
-                if att.ip is None:
-                    demand.append((4, att.network))
-                if att.ip6 is None and info.net.ipv6:
-                    demand.append((6, att.network))
-        self.hostnames = tuple(names)
-        self.addrs = tuple(addrs)
-        self.demand = tuple(demand)
+
+
+def _contributions(ct: Container, infos: Dict[str, _NetInfo]):
+    """What a valid container put into the checker's indexes: its host names (its name and
+    aliases, lower case), its explicit addresses per network, the networks (and families)
+    it asks for an automatic address (counted as _Checker.container counts them; host:
+    is None outside a fleet). Worked out when the entry goes: a full load that makes the
+    base pays nothing for it."""
+    names = {ct.name.lower()}
+    addrs: List[Tuple[str, Any]] = []
+    demand: List[Tuple[int, str]] = []
+    for att in ct.attachments:
+        names.update(a.lower() for a in att.aliases)
+        info = infos[att.network]
+        for a in (att.ip, att.ip6):
+            if a is not None:
+                addrs.append((att.network, a))
+        if not info.broken:
+            if att.ip is None:
+                demand.append((4, att.network))
+            if att.ip6 is None and info.net.ipv6:
+                demand.append((6, att.network))
+    return names, addrs, demand
 
 
 class _Base:
@@ -139,10 +144,10 @@ class _Base:
             section = doc.root.get(CONTAINERS)
             recs: Dict[str, _Rec] = {}
             if isinstance(section, YMap):
+                kpos, containers, where = section.kpos, state.containers, self.where
                 for name, value in section.items():
-                    recs[name] = _Rec(value, section.kpos[name], _sig(section, name, value),
-                                      state.containers[name], self.infos)
-                    self.where[name] = i
+                    recs[name] = _Rec(value, kpos[name], containers[name])
+                    where[name] = i
             self.sections.append(section if isinstance(section, YMap) else None)
             self.recs.append(recs)
         # the entries of the full check (only its error messages read them) hold every
@@ -200,7 +205,7 @@ class _Base:
                 rec = old.get(name)
                 if rec is not None and rec.value is value and rec.kp is kpos[name]:
                     kept[name] = rec  # the very same parsed entry (splice() kept it)
-                elif rec is not None and rec.value == value and rec.sig == _sig(section, name, value):
+                elif rec is not None and rec.value == value and _sig(rec.kp, rec.value) == _sig(kpos[name], value):
                     rec.value, rec.kp = value, kpos[name]  # (the old document can go)
                     kept[name] = rec
                 else:
@@ -210,12 +215,13 @@ class _Base:
 
     def _remove(self, rec: _Rec, touched: Set[str]) -> None:
         c = self.c
-        for low in rec.hostnames:
+        names, addrs, demand = _contributions(rec.container, self.infos)
+        for low in names:
             c.hostnames.pop(low, None)
-        for net, addr in rec.addrs:
+        for net, addr in addrs:
             self.infos[net].used.pop(addr, None)
             touched.add(net)
-        for fam, key in rec.demand:
+        for fam, key in demand:
             d = c.demand[fam]
             left = d[key] - 1
             if left:
@@ -239,7 +245,7 @@ class _Base:
         ct = c.container(e, self.infos, self.infos)
         if ct is None or len(c.diags) != ndiag or len(c.warnings) != nwarn:
             return None
-        rec = _Rec(value, kpos, _sig(section, name, value), ct, self.infos)
+        rec = _Rec(value, kpos, ct)
         touched.update(a.network for a in ct.attachments)
         return rec
 
