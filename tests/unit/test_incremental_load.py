@@ -157,10 +157,12 @@ def edit(draw, files: Dict[str, List[str]], pristine: Dict[str, List[str]]) -> N
         lines[i:i + 1] = [f"  {name}:", "    networks:", f"      n{k:02d}: {{}}"]
     elif op == "network":
         nl = files["00-networks.yaml"]
-        which = draw(st.sampled_from(["mode", "parent", "restore"]))
+        which = draw(st.sampled_from(["mode", "parent", "overlap", "restore"]))
         idx = next(i for i, line in enumerate(nl) if line.startswith("  n01:"))
         if which == "mode":
             nl[idx] = "  n01: {parent: eth0.102, ipvlan_mode: l3, subnets: [{subnet: 10.2.0.0/16}]}"
+        elif which == "overlap":  # n00's subnet on another parent: allowed, but not both on one container
+            nl[idx] = "  n01: {parent: eth0.102, ipvlan_mode: l2, subnets: [{subnet: 10.1.0.0/16}]}"
         elif which == "parent":  # n00's parent: two networks on one parent
             nl[idx] = "  n01: {parent: eth0.101, ipvlan_mode: l2, subnets: [{subnet: 10.2.0.0/16}]}"
         else:
@@ -380,3 +382,39 @@ def test_splice_parses_only_the_changed_lines_and_falls_back_for_anything_else(t
         text.replace("  b: {networks: {n1: {aliases: [x]}}}", "  b: {networks: {n1: {aliases: [x\u2028]}}}"),
     ):
         assert not same_as_a_parse(other)
+
+
+def test_the_daemons_reload_goes_through_it(tmp_path):
+    """Daemon.reload: a one-container edit is loaded incrementally; a broken edit keeps the
+    last valid state and reports manifest.load's diagnostics; the fix is loaded again; a
+    reset (SIGHUP) makes the next load a full one."""
+    from reconciler.daemon.watch import Daemon
+
+    m = tmp_path / "m"
+    m.mkdir()
+    d = _dir(m, **{"00-n.yaml": NETS_YAML,
+                   "10-c.yaml": "version: 1\ncontainers:\n  a: {networks: {n1: {}}}\n  b: {networks: {n2: {}}}\n"})
+    daemon = Daemon([d], str(tmp_path / "state"), status_file=str(tmp_path / "status.json"),
+                    kernel_factory=lambda: None)
+    assert daemon.reload() and daemon.parse_cache.last_mode == "full(first load)"
+    (m / "10-c.yaml").write_text("version: 1\ncontainers:\n  a: {networks: {n1: {ip: 10.1.0.9}}}\n"
+                                 "  b: {networks: {n2: {}}}\n")
+    assert daemon.reload() and daemon.parse_cache.last_mode == "incremental(1 entry checked)"
+    assert str(daemon.desired.containers["a"].attachments[0].ip) == "10.1.0.9"
+    assert daemon.desired == manifest.load([d])
+    (m / "10-c.yaml").write_text("version: 1\ncontainers:\n  a: {networks: {n1: {ip: 10.1.0.9}}}\n"
+                                 "  b: {networks: {n2: {ip: 10.1.0.9}}}\n")
+    assert not daemon.reload() and daemon.status.manifest_valid is False
+    with pytest.raises(ManifestError) as e:
+        manifest.load([d])
+    assert daemon.status.manifest_errors == [d.render().splitlines()[0] for d in e.value.diagnostics]
+    assert str(daemon.desired.containers["a"].attachments[0].ip) == "10.1.0.9"  # the last valid state
+    (m / "10-c.yaml").write_text("version: 1\ncontainers:\n  a: {networks: {n1: {ip: 10.1.0.9}}}\n"
+                                 "  b: {networks: {n2: {ip: 10.2.0.9}}}\n")
+    assert daemon.reload() and daemon.desired == manifest.load([d])
+    (m / "10-c.yaml").write_text("version: 1\ncontainers:\n  a: {networks: {n1: {ip: 10.1.0.9}}}\n"
+                                 "  b: {networks: {n2: {ip: 10.2.0.8}}}\n")
+    assert daemon.reload() and daemon.parse_cache.last_mode == "incremental(1 entry checked)"
+    daemon.parse_cache.reset()
+    assert daemon.reload(force=True) is False  # (the same desired state)
+    assert daemon.parse_cache.last_mode == "full(first load)"
