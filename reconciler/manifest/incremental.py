@@ -38,16 +38,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
-
 import re
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..errors import Diagnostic
 from ..gcpause import no_cyclic_gc
-from ..model import Container, DesiredState, MacvlanMode
+from ..model import Container, DesiredState, Location, MacvlanMode
 from . import ParseCache, check_documents, load_documents, parse_bytes
 from . import schema as _schema
-from .semantic import Entry, _Checker, _NetInfo
+from .semantic import Entry, _Checker, _Named, _NetInfo
 from .yamlload import MAX_FILE_BYTES, P, Document, YMap, YSeq, parse_text
 
 CONTAINERS = "containers"
@@ -91,6 +90,19 @@ def _sig(kp: Any, value: Any) -> Tuple[Any, ...]:
 def _entry_valid(value: Any) -> bool:
     """The schema of one container entry (the compiled fast path)."""
     return _schema._fast()[1]["container"](value)
+
+
+class _FileOnly:
+    """Stands for a document in the host-name index (only error messages read it: its
+    ``loc``), so the index holds no parsed document of an older version of a file."""
+
+    __slots__ = ("file",)
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def loc(self, pos: Any) -> Location:
+        return Location(self.file, pos.line + 1, pos.column + 1)
 
 
 class _Rec:
@@ -247,6 +259,11 @@ class _Base:
             return None
         rec = _Rec(value, kpos, ct)
         touched.update(a.network for a in ct.attachments)
+        where = _FileOnly(doc.file)
+        for low in _contributions(ct, self.infos)[0]:
+            n = c.hostnames.get(low)
+            if isinstance(n, _Named) and n.doc is doc:
+                c.hostnames[low] = n._replace(doc=where, pos=P(n.pos.line, n.pos.column))
         return rec
 
     def _rebuild(self, in_place: Optional[List[str]]) -> DesiredState:

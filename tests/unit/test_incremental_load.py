@@ -418,3 +418,35 @@ def test_the_daemons_reload_goes_through_it(tmp_path):
     daemon.parse_cache.reset()
     assert daemon.reload(force=True) is False  # (the same desired state)
     assert daemon.parse_cache.last_mode == "full(first load)"
+
+
+def test_old_versions_of_an_edited_file_are_not_kept(tmp_path, monkeypatch):
+    """Edits of one container after another: the loader holds the file's current document
+    and at most the one of the last full check (whose entries' host names it indexed), not
+    one per edit."""
+    import gc
+    import weakref
+
+    from reconciler.manifest import incremental
+
+    monkeypatch.setattr(incremental, "splice", lambda old, data: None)  # whole-file parses
+    names = [f"c{i}" for i in range(6)]
+    path = tmp_path / "10-c.yaml"
+
+    def write_with(edited: int) -> None:
+        path.write_text("version: 1\ncontainers:\n" + "".join(
+            f"  {n}: {{networks: {{n1: {{ip: 10.1.0.{100 + i + (50 if i == edited else 0)}}}}}}}\n"
+            for i, n in enumerate(names)))
+
+    (tmp_path / "00-n.yaml").write_text(NETS_YAML)
+    write_with(-1)
+    inc = IncrementalLoad()
+    inc.load([str(tmp_path)])
+    docs = [weakref.ref(inc._files[str(path)][1])]
+    for k in range(len(names)):
+        write_with(k)
+        inc.load([str(tmp_path)])
+        assert inc.last_mode == ("incremental(1 entry checked)" if k == 0 else "incremental(2 entries checked)")
+        docs.append(weakref.ref(inc._files[str(path)][1]))
+    gc.collect()
+    assert sum(r() is not None for r in docs) <= 2
