@@ -121,9 +121,10 @@ class Daemon:
         self.status = DaemonStatus(manifest_paths=list(self.paths), state_dir=settings.state_dir)
         self._loader = loader
         self.host = settings.host
-        from ..manifest import ParseCache
+        from ..manifest.incremental import IncrementalLoad
 
-        self.parse_cache = ParseCache()  # an edit re-parses only the files it changed
+        # an edit re-parses only the files it changed and checks only the entries it changed
+        self.parse_cache = IncrementalLoad()
         self._apply = apply_fn
         self._kernel_factory = kernel_factory
         # desired state in force
@@ -155,9 +156,7 @@ class Daemon:
 
         if self._loader is not None:
             return narrow(self._loader(paths), self.host)
-        from ..manifest import load
-
-        return narrow(load(paths, self.parse_cache), self.host)
+        return narrow(self.parse_cache.load(paths), self.host)
 
     def apply(self, desired):
         from .. import engine
@@ -261,6 +260,7 @@ class Daemon:
             networks=len(desired.networks),
             vlans=len(desired.vlans),
             containers=len(desired.containers),
+            **({"load": self.parse_cache.last_mode} if self.parse_cache.last_mode else {}),
             **({"note": "the manifests declare nothing: everything the reconciler owns will be removed"}
                if not (desired.networks or desired.vlans or desired.containers) else {}),
         )
@@ -327,6 +327,7 @@ class Daemon:
             self.retry_at = None
             self.triggers.cancel("retry")
             self.last_error = None
+            self.parse_cache.reset()  # the full manifest check judges again (and makes a new base)
         if self.retry_at is not None and now < self.retry_at and not (hup or start or files):
             logs.debug("in backoff: the scheduled retry will cover this", retry_in=round(self.retry_at - now, 3))
             return

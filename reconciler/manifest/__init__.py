@@ -218,10 +218,16 @@ class ParseCache:
         hit = self._files.get(path)
         if hit is not None and hit[0] == digest:
             return hit[1], list(hit[2])
-        doc, diags = parse_bytes(data, STDIN_NAME if path == STDIN else path)
+        doc, diags = self._parse(data, STDIN_NAME if path == STDIN else path, hit)
         self._files[path] = (digest, doc, tuple(diags))
         self.parsed += 1
         return doc, diags
+
+    def _parse(
+        self, data: bytes, name: str, previous: Optional[Tuple[bytes, Document, Tuple[Diagnostic, ...]]]
+    ) -> Tuple[Document, List[Diagnostic]]:
+        """Parse a file's new bytes (``previous``: its last version in the cache, if any)."""
+        return parse_bytes(data, name)
 
     def keep_only(self, paths: Iterable[str]) -> None:
         keep = set(paths)
@@ -247,9 +253,12 @@ def load_documents(
     return docs, diags
 
 
-def check_documents(docs: Sequence[Document], diags: Iterable[Diagnostic] = ()) -> DesiredState:
+def check_documents(
+    docs: Sequence[Document], diags: Iterable[Diagnostic] = (), keep: Optional[List[Any]] = None
+) -> DesiredState:
     """Schema and semantic rules over parsed documents; raise ManifestError with every
-    problem (including ``diags`` from earlier stages), else return the desired state."""
+    problem (including ``diags`` from earlier stages), else return the desired state.
+    ``keep``: gets the semantic checker (see ``semantic.check``)."""
     problems: List[Diagnostic] = list(diags)
     bad: Dict[int, Set[Tuple[Any, ...]]] = {}
     incomplete = False
@@ -286,7 +295,7 @@ def check_documents(docs: Sequence[Document], diags: Iterable[Diagnostic] = ()) 
             bad[i] = where
             if () in where or ("*",) in where:
                 incomplete = True
-    state, d = _semantic.check(docs, bad, incomplete)
+    state, d = _semantic.check(docs, bad, incomplete, keep)
     problems.extend(d)
     ula_prefix, d = _ula.check(docs, bad)
     problems.extend(d)
