@@ -278,12 +278,16 @@ def _hosts_changed(
         return old, previous.hosts_stamps
     hosts = dict(old)
     stamps = dict(previous.hosts_stamps)
-    for n in todo:
-        hosts.pop(n, None)
-        stamps.pop(n, None)
     got, got_stamps = read_hosts_files(kernel.etc_netns, sorted(todo), previous)
-    hosts.update(got)
-    stamps.update(got_stamps)
+    for n in todo:  # in place: a file read again keeps its position
+        if n in got:
+            hosts[n] = got[n]
+        else:
+            hosts.pop(n, None)
+        if n in got_stamps:
+            stamps[n] = got_stamps[n]
+        else:
+            stamps.pop(n, None)
     if any((n in got) != (n in old) for n in todo):  # a file came or went: name order again
         hosts = {n: hosts[n] for n in sorted(hosts)}
     return hosts, stamps
