@@ -20,7 +20,7 @@ from .statedir import State, StateStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kernel.apply import ApplyResult
-    from .kernel.host import Held, Kernel, Snapshot, StillValid
+    from .kernel.host import Changes, Held, Kernel, Snapshot, StillValid
     from .kernel.observe import Made, Observation
 
 
@@ -123,6 +123,9 @@ class ObservationCache:
     reused: int = 0  # namespaces taken from the previous snapshot by the last run's observe
     dumped: int = 0  # namespaces dumped by the last run's observe (verify is not counted)
     held: Optional["Held"] = None
+    # what changed since a snapshot's mark, in one call (the monitor's changes_since): the
+    # first observation is then scoped too (kernel.observe.take_snapshot, docs/daemon.md)
+    changes: Optional[Callable[[Optional[int]], "Changes"]] = None
 
 
 def wanted_export_tables(desired: DesiredState) -> Tuple[int, ...]:
@@ -235,7 +238,8 @@ class _Run:
         self.tables = export_tables(self.desired, state)
         c = self.cache
         if c is not None:
-            obs = observe(self.kernel, state.intents, c.snapshot, c.still_valid, c.held, tables=self.tables, made=c.made)
+            obs = observe(self.kernel, state.intents, c.snapshot, c.still_valid, c.held, tables=self.tables, made=c.made,
+                          changes=c.changes)
             c.snapshot, c.made = None, {}  # until this run has a snapshot it can vouch for
             c.reused, c.dumped = obs.reused, obs.dumped
         else:

@@ -35,18 +35,27 @@ equal pair proves nothing (the kernel reuses a freed inode at once), so a
 replacement that reuses the inode of an unmonitored namespace goes unreported
 until the next resync -- harmless, as only dumps of a namespace held here
 (:meth:`NetlinkMonitor.held`, same cookie) are ever reused.
+
+What changed since a moment, in one call (:meth:`NetlinkMonitor.changes_since`, the daemon's
+scoped first observation, ``kernel.observe.take_snapshot``): every change that matters, lost
+event, socket opened or closed and /run/netns change is numbered from one counter and
+logged under its namespace's name; a caller keeps the number it was given (the mark) and
+later asks for the names logged after it. inotify on /etc/netns (``daemon.hostswatch``)
+logs the namespaces whose hosts files may have changed the same way, and triggers a
+reconcile (source ``netns``) when a hosts file changes.
 """
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import select
 import socket
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
-from ..kernel.host import HeldNs, netns_identity, socket_netns
+from ..kernel.host import Changes, HeldNs, netns_identity, socket_netns
 from ..kernel.netlink import (
     IFF_UP,
     NLMSG_DONE,
@@ -89,6 +98,30 @@ NAMES = {
 
 HOST = ""  # key of the host namespace's socket
 FULL_SCAN_EVERY = 10  # /run/netns polls: stat every entry at least this often
+LOG_KEEP = 4096  # change-log entries kept before those the last caller has seen are dropped
+
+
+class _Log:
+    """Names logged with increasing numbers; the names logged after a number."""
+
+    def __init__(self) -> None:
+        self.seqs: List[int] = []
+        self.names: List[str] = []
+        self.floor = 0  # entries up to here dropped: an older mark gets None
+
+    def add(self, seq: int, name: str) -> None:
+        self.seqs.append(seq)
+        self.names.append(name)
+
+    def since(self, mark: int) -> Optional[FrozenSet[str]]:
+        if mark < self.floor:
+            return None
+        i = bisect.bisect_right(self.seqs, mark)
+        out = frozenset(self.names[i:])
+        if len(self.seqs) > LOG_KEEP:  # the caller has seen everything up to ``mark``
+            del self.seqs[:i], self.names[:i]
+            self.floor = mark
+        return out
 
 
 def _readable(fds, timeout: float):
@@ -239,12 +272,77 @@ class NetlinkMonitor:
         self._netns_polls = 0
         self.thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
         self._no_cookie_logged = False
+        # the change log (changes_since), under _lock: one counter for namespaces, /run/netns
+        # and hosts files
+        self._seq = 0
+        self._log = _Log()
+        self._netns_seq = 0  # last /run/netns change the poll saw
+        self._hosts_log = _Log()
+        self._hosts_floor: Optional[int] = None  # hosts files logged from here on; None: not watched
+        self._hosts = None  # daemon.hostswatch.HostsWatch
+
+    # the change log ---------------------------------------------------------------------------
+    def _logged(self, *names: str) -> None:
+        """Log a change in these namespaces (not the host's: it is always dumped afresh)."""
+        with self._lock:
+            for name in names:
+                if name != HOST:
+                    self._seq += 1
+                    self._log.add(self._seq, name)
+
+    def changes_since(self, mark: Optional[int]) -> Changes:
+        """What changed since ``mark`` (an earlier answer's ``mark``; None: a first call, for
+        which everything counts as changed). An answer covers what the monitor thread has read
+        when it is given; a change not read yet is reported as a trigger when it is, and the
+        reconcile that follows finds it here."""
+        with self._lock:
+            cur = self._seq
+            if mark is None:
+                return Changes(cur, None, True, None)
+            hosts = None
+            if self._hosts_floor is not None and mark >= self._hosts_floor and self._hosts is not None \
+                    and self._hosts.alive:
+                hosts = self._hosts_log.since(mark)
+            return Changes(cur, self._log.since(mark), self._netns_seq > mark, hosts)
+
+    def _hosts_changed(self, name: Optional[str], path: str) -> None:
+        """From the hosts watch's thread: /etc/netns/NAME (None: anything) may have changed."""
+        with self._lock:
+            self._seq += 1
+            if name is None:
+                self._hosts_floor = None if self._hosts is None or not self._hosts.alive else self._seq
+            else:
+                self._hosts_log.add(self._seq, name)
+        if name is None:
+            self.notify("netns", f"{path}: hosts files may have changed (events lost)")
+        elif os.path.basename(path) == "hosts" or path == os.path.join(self.kernel.etc_netns, name):
+            self.notify("netns", f"{path} changed")
+
+    def _watch_hosts(self) -> None:
+        """(Re)start the hosts watch when it is not running (/etc/netns may appear later)."""
+        from .hostswatch import HostsWatch
+
+        if self._hosts is not None and self._hosts.alive:
+            return
+        if self._hosts is not None:
+            self._hosts.stop()
+        with self._lock:
+            self._hosts, self._hosts_floor = None, None
+        etc = getattr(self.kernel, "etc_netns", None)
+        if not etc:
+            return
+        w = HostsWatch(etc, self._hosts_changed)
+        if w.start():
+            with self._lock:
+                self._seq += 1
+                self._hosts, self._hosts_floor = w, self._seq
 
     # control (any thread) ---------------------------------------------------------------------
     def start(self) -> None:
         """Open the host socket here, so a failure is reported to the caller."""
         self._open(HOST)
         self._seen = self._list_netns()
+        self._watch_hosts()
         self.thread.start()
 
     def set_namespaces(self, names: Iterable[str]) -> None:
@@ -284,6 +382,8 @@ class NetlinkMonitor:
         self._wake()
         if self.thread.is_alive():
             self.thread.join(timeout=5)
+        if self._hosts is not None:
+            self._hosts.stop()
         with self._lock:  # out of _mons before closed: see held()
             mons, self._mons = list(self._mons.values()), {}
         for m in mons:
@@ -349,6 +449,7 @@ class NetlinkMonitor:
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
                     m.changed = time.monotonic()
+                    self._logged(m.name)
                     self.notify("netlink", f"{m.label}: events lost (receive buffer overflow)")
                     if m.dump_seq:
                         done = True  # the dump is lost too; caches refill from events
@@ -380,6 +481,7 @@ class NetlinkMonitor:
                 break
         if count:
             m.changed = time.monotonic()
+            self._logged(m.name)
             self.notify("netlink", first + (f" (+{count - 1} more)" if count > 1 else ""))
         return done
 
@@ -423,6 +525,7 @@ class NetlinkMonitor:
         m = NsMonitor(name, sock, ident, cookie)
         with self._lock:
             self._mons[name] = m
+        self._logged(name)  # opened after the mark: its earlier dumps are not vouched for
         self._seed(m)
         fd = sock.fileno()
         self._forget_fd(fd)  # a number reused after a close we did not see
@@ -441,6 +544,7 @@ class NetlinkMonitor:
         with self._lock:
             m = self._mons.pop(name, None)
         if m is not None:
+            self._logged(name)
             try:
                 self._forget_fd(m.sock.fileno())
             except OSError:
@@ -473,6 +577,10 @@ class NetlinkMonitor:
                 self._open(HOST)
             except Exception as e:
                 logs.warning("cannot open the host netlink monitor", error=str(e))
+        try:
+            self._watch_hosts()
+        except Exception as e:
+            logs.warning("cannot watch the hosts files", error=str(e))
 
     def _list_netns(self) -> Dict[str, Optional[Tuple[int, int]]]:
         return {n: netns_identity(self.kernel.ns_path(n)) for n in self.kernel.list_netns()}
@@ -501,6 +609,10 @@ class NetlinkMonitor:
         added = sorted(set(now) - set(old))
         removed = sorted(set(old) - set(now))
         replaced = sorted(n for n in set(now) & set(old) if now[n] != old[n])
+        self._logged(*(added + removed + replaced))
+        with self._lock:
+            self._seq += 1
+            self._netns_seq = self._seq
         # a namespace deleted by hand stays alive while our socket is open in it,
         # its endpoint still claiming addresses on the parent: let it go right now
         for name in removed + replaced:

@@ -576,7 +576,9 @@ class Daemon:
         self.monitor.start()
         monitor = self.monitor
         self.observation = ObservationCache(
-            lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held
+            lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held,
+            # IPVLAN_RECONCILER_SCOPED_OBSERVE=0: every first observation stats everything (to compare)
+            changes=monitor.changes_since if os.environ.get("IPVLAN_RECONCILER_SCOPED_OBSERVE", "1") != "0" else None,
         )
         if os.environ.get("IPVLAN_RECONCILER_SCOPE", "1") != "0":  # 0: every plan in full (to compare)
             from .scope import ScopedPlanner

@@ -9,7 +9,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..atomicfile import write_atomic
 from ..errors import KernelError
@@ -58,6 +58,14 @@ class Snapshot:
     # our routes (protocol 149) in the host namespace's BGP tables (SPEC 5.2); dumped only
     # for the tables ``observe.take_snapshot(tables=...)`` names, i.e. for fleets with ``bgp:``
     exports: List[RouteRec] = field(default_factory=list)
+    # The daemon's scoped first observation (``observe.take_snapshot(changes=...)``):
+    # the netlink monitor's change-log position this snapshot is valid as of (None: unknown),
+    mark: Optional[int] = None
+    # /run/netns's stamp when it was listed, if settled (see dir_stamp; None: list it next time),
+    netns_stamp: Optional[tuple] = None
+    # and the namespaces whose views were proven, when taken, to be of the namespace the
+    # monitor holds (same_namespace): while the monitor logs nothing for one, it still is
+    vouched: FrozenSet[str] = frozenset()
 
 
 #: a hosts file's content is reused only if it had not changed for this long when it was read
@@ -111,6 +119,21 @@ def read_hosts_files(
         if st.st_ctime_ns < settled_before_ns:
             stamps[n] = _stamp(st)
     return out, stamps
+
+
+def dir_stamp(path: str, settled_before_ns: Optional[int] = None) -> Tuple[Optional[tuple], bool]:
+    """``(stamp, settled)`` of a directory: (device, inode, mtime, ctime), and whether its
+    last change (ctime) came before ``settled_before_ns`` (default: a second ago). An equal
+    SETTLED stamp proves no entry was added, removed or renamed since it was taken: any such
+    change moves ctime past it, however coarse the filesystem's clock (the reasoning of
+    :func:`read_hosts_files`). A stamp that is not settled proves nothing."""
+    if settled_before_ns is None:
+        settled_before_ns = time.time_ns() - HOSTS_SETTLED_NS
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, False
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns), st.st_ctime_ns < settled_before_ns
 
 
 def netns_identity(path: str) -> Optional[Tuple[int, int]]:
@@ -169,6 +192,16 @@ class HeldNs(NamedTuple):
     identity: Tuple[int, int]  # (st_dev, st_ino) of that namespace, read from the socket
     cookie: Optional[int]
     since: float  # time.monotonic() by which the socket was open already
+
+
+class Changes(NamedTuple):
+    """What changed since a mark (the daemon's ``NetlinkMonitor.changes_since``, which numbers
+    every change it reads from one counter; ``observe.take_snapshot(changes=...)``)."""
+
+    mark: int  # ask with this next time
+    namespaces: Optional[FrozenSet[str]]  # changed, lost events, socket opened/closed; None: anything
+    netns_dir: bool  # /run/netns seen changing (by the monitor's poll) since the mark
+    hosts: Optional[FrozenSet[str]]  # /etc/netns/NAME may have changed; None: unknown (stat them all)
 
 
 #: ``held(name)``: the namespace the caller holds open for /run/netns/NAME, if it does. Asked

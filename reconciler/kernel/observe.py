@@ -47,7 +47,18 @@ from ..objects import (
     VlanLink,
 )
 from . import netlink as nl
-from .host import Held, Kernel, NsView, Snapshot, StillValid, netns_identity, read_hosts_files, same_namespace
+from .host import (
+    Changes,
+    Held,
+    Kernel,
+    NsView,
+    Snapshot,
+    StillValid,
+    dir_stamp,
+    netns_identity,
+    read_hosts_files,
+    same_namespace,
+)
 from .netlink import RT_TABLE_MAIN, LinkRec, RouteRec
 
 
@@ -63,6 +74,10 @@ class NsObjects(NamedTuple):
     owned: bool  # is the namespace ours
     objects: List[KObject]  # our objects in it
     foreign: Dict[Tuple[str, str], str]  # (ns, ifname) -> kind of links in it that are not ours
+    keyed: Dict[Key, KObject] = {}  # ``objects`` by key (HostState is assembled from these)
+    # (content, key, object) of the namespace's HostsFile, reused while the content is the
+    # very same string (a hosts file whose stamp did not change keeps its string)
+    hosts_file: Optional[Tuple[str, Key, KObject]] = None
 
 
 Made = Dict[str, NsObjects]
@@ -85,12 +100,14 @@ def observe(
     held: Optional[Held] = None,
     tables: Sequence[int] = (),
     made: Optional[Made] = None,
+    changes: Optional[Callable[[Optional[int]], Changes]] = None,
 ) -> Observation:
     """The host now. ``intents``: keys the state directory says a run was about to create
-    or delete (ours even unmarked). ``previous``/``still_valid``/``held``: the daemon's
-    last snapshot and who vouches for its dumps (:func:`take_snapshot`), ``made``: what
-    was made of them. ``tables``: the host's BGP export tables to dump."""
-    snap = take_snapshot(kernel, ours_predicate(intents), previous=previous, still_valid=still_valid, held=held, tables=tables)
+    or delete (ours even unmarked). ``previous``/``still_valid``/``held``/``changes``: the
+    daemon's last snapshot and who vouches for its dumps (:func:`take_snapshot`), ``made``:
+    what was made of them. ``tables``: the host's BGP export tables to dump."""
+    snap = take_snapshot(kernel, ours_predicate(intents), previous=previous, still_valid=still_valid, held=held,
+                         tables=tables, changes=changes)
     old = previous.namespaces if previous is not None else {}
     reused = sum(1 for n, v in snap.namespaces.items() if old.get(n) is v)
     live, made_now = translate(snap, intents, made)
@@ -148,6 +165,7 @@ def take_snapshot(
     still_valid: Optional[StillValid] = None,
     held: Optional[Held] = None,
     tables: Iterable[int] = (),
+    changes: Optional[Callable[[Optional[int]], Changes]] = None,
 ) -> Snapshot:
     """Dump the host namespace and every named namespace. Namespaces for which
     ``is_ours(name, links)`` is true get their addresses and routes dumped too.
@@ -160,7 +178,25 @@ def take_snapshot(
     that nothing changed in it; and a hosts file's content is reused while its stat
     stamp is unchanged (:func:`read_hosts_files`). The host namespace is always dumped
     afresh, and so are ``tables`` (the BGP export tables: one more dump each, of our
-    protocol's routes only)."""
+    protocol's routes only).
+
+    ``changes`` (the monitor's ``changes_since``, asked once, before anything is read,
+    with ``previous.mark``) makes it proportional to what changed (the daemon's scoped
+    first observation; docs/daemon.md, "Observation cache"):
+
+    * /run/netns is listed and its entries ``stat``ed only when its stamp is not
+      ``previous``'s settled one (:func:`host.dir_stamp`) or the monitor saw it change;
+    * a view ``previous`` marks as vouched (proven, when taken, to be of the namespace the
+      monitor holds) is reused without a ``stat`` or a question while the monitor logged
+      nothing for its namespace (no change, lost event, socket opened or closed); every
+      other view goes through the full check above;
+    * hosts files are read (after a ``stat``) only for the namespaces inotify reported,
+      those whose file had changed less than a second before it was read (the daemon's
+      own writes), and namespaces that came or went; the rest are ``previous``'s. When
+      the monitor cannot tell (no watch, events lost) every file is ``stat``ed."""
+    daemon = previous is not None and still_valid is not None
+    ch = changes(previous.mark if daemon else None) if changes is not None else None  # type: ignore[union-attr]
+    mark = ch.mark if ch is not None else (previous.mark if daemon else None)  # type: ignore[union-attr]
     host = NsView("", taken=time.monotonic(), full=True)
     host.links = kernel.host.dump_links()
     host.addrs = kernel.host.dump_addrs()
@@ -168,33 +204,93 @@ def take_snapshot(
     exports: List[RouteRec] = []
     for t in sorted(set(tables)):
         exports.extend(kernel.host.dump_routes(table=t, protocol=RTPROT))
-    names = kernel.list_netns()
+    scoped = daemon and held is not None and ch is not None and ch.namespaces is not None
+    changed = ch.namespaces if scoped else frozenset()
+    prevs = previous.namespaces if daemon else {}  # type: ignore[union-attr]
+    stamp, settled = dir_stamp(kernel.netns_dir)
+    listed = not (scoped and not ch.netns_dir and stamp is not None and stamp == previous.netns_stamp)
     stat_time = time.monotonic()  # before the stats; ``held`` is asked after them
-    idents = {n: netns_identity(kernel.ns_path(n)) for n in names}
+    if listed:
+        names = kernel.list_netns()
+        stat_time = time.monotonic()
+        idents = {n: netns_identity(kernel.ns_path(n)) for n in names}
+        netns_stamp = stamp if settled else None
+    else:  # not one entry added, removed or renamed since ``previous`` listed them
+        names = list(prevs)
+        idents = {}
+        netns_stamp = stamp
+    fast = (previous.vouched - changed) if scoped else frozenset()  # type: ignore[union-attr]
     namespaces: Dict[str, NsView] = {}
+    vouched: List[str] = []
     todo: List[str] = []
     for name in names:
-        prev = previous.namespaces.get(name) if previous is not None and still_valid is not None else None
-        if (
-            prev is not None
-            and held is not None
-            and not prev.broken
-            and prev.identity == idents[name]  # cheap: a changed pair needs no further look
-            and same_namespace(prev, idents[name], stat_time, held(name))
-            and (prev.full or not is_ours(name, prev.links))
-            and still_valid(name, prev)
+        prev = prevs.get(name)
+        if prev is None:
+            todo.append(name)
+            continue
+        if name in fast and (prev.full or not is_ours(name, prev.links)) and (
+            not listed or idents[name] == prev.identity  # a replacement of a held namespace has another
         ):
             namespaces[name] = prev
+            vouched.append(name)
+            continue
+        ident = idents[name] if listed else idents.setdefault(name, netns_identity(kernel.ns_path(name)))
+        if (
+            held is not None
+            and not prev.broken
+            and prev.identity == ident  # cheap: a changed pair needs no further look
+            and same_namespace(prev, ident, stat_time, held(name))
+            and (prev.full or not is_ours(name, prev.links))
+            and still_valid(name, prev)  # type: ignore[misc]
+        ):
+            namespaces[name] = prev
+            vouched.append(name)
         else:
             todo.append(name)
+    for name in todo:
+        if name not in idents:
+            idents[name] = netns_identity(kernel.ns_path(name))
     namespaces.update(dump_namespaces(kernel, todo, idents, is_ours))
-    namespaces = {n: namespaces[n] for n in names}  # listing order, reused or not
-    hosts, stamps = read_hosts_files(
-        kernel.etc_netns,
-        sorted(set(names) | set(kernel.list_hosts_dirs())),
-        previous if still_valid is not None else None,
-    )
-    return Snapshot(host=host, namespaces=namespaces, hosts_files=hosts, hosts_stamps=stamps, exports=exports)
+    if todo:
+        namespaces = {n: namespaces[n] for n in names}  # listing order, reused or not
+    if scoped and ch.hosts is not None:
+        hosts, stamps = _hosts_changed(kernel, previous, ch.hosts, set(names) ^ set(prevs) if listed else ())
+    else:
+        hosts, stamps = read_hosts_files(
+            kernel.etc_netns,
+            sorted(set(names) | set(kernel.list_hosts_dirs())),
+            previous if still_valid is not None else None,
+        )
+    return Snapshot(host=host, namespaces=namespaces, hosts_files=hosts, hosts_stamps=stamps, exports=exports,
+                    mark=mark, netns_stamp=netns_stamp, vouched=frozenset(vouched))
+
+
+def _hosts_changed(
+    kernel: Kernel, previous: Snapshot, reported: Iterable[str], came_or_went: Iterable[str]
+) -> Tuple[Dict[str, str], Dict[str, tuple]]:
+    """``previous``'s hosts files, with those that may have changed read again: the
+    namespaces inotify ``reported``, files without a settled stamp (changed less than a
+    second before they were read: the daemon's own writes) and namespaces that
+    ``came_or_went``. In name order, as :func:`read_hosts_files` gives them."""
+    old = previous.hosts_files
+    todo = set(reported) | (old.keys() - previous.hosts_stamps.keys()) | set(came_or_went)
+    if not todo:
+        return old, previous.hosts_stamps
+    hosts = dict(old)
+    stamps = dict(previous.hosts_stamps)
+    got, got_stamps = read_hosts_files(kernel.etc_netns, sorted(todo), previous)
+    for n in todo:  # in place: a file read again keeps its position
+        if n in got:
+            hosts[n] = got[n]
+        else:
+            hosts.pop(n, None)
+        if n in got_stamps:
+            stamps[n] = got_stamps[n]
+        else:
+            stamps.pop(n, None)
+    if any((n in got) != (n in old) for n in todo):  # a file came or went: name order again
+        hosts = {n: hosts[n] for n in sorted(hosts)}
+    return hosts, stamps
 
 
 def translate(
@@ -265,20 +361,28 @@ def translate(
     # A namespace's objects depend only on its dump, the host's link names (its endpoints'
     # parents) and the intents; the daemon reuses dumps (ObservationCache), so what was made
     # of one is returned with it and reused while the host's links are the same.
+    # The live state is assembled from each namespace's objects by key (NsObjects.keyed),
+    # in the order a list of all objects would give: what was made of a reused dump is not
+    # keyed again (at 10,000 namespaces that was a third of the daemon's observation).
     host_sig = tuple((l.index, l.name) for l in host.links)
     made: Made = {}
+    keyed: Dict[Key, KObject] = {}
+    for o in objs:
+        keyed[o.key] = o
     for name, view in snap.namespaces.items():
         got = previous.get(name) if previous is not None and not intents else None
         if got is None or got.view is not view or got.host_sig != host_sig:
-            got = NsObjects(view, host_sig, *_observe_ns(name, view, by_index, intents))
+            owned, ns_objs, ns_foreign = _observe_ns(name, view, by_index, intents)
+            got = NsObjects(view, host_sig, owned, ns_objs, ns_foreign, {o.key: o for o in ns_objs})
         if not intents:
             made[name] = got
-        owned, ns_objs, ns_foreign = got.owned, got.objects, got.foreign
-        if not owned:
+        if not got.owned:
             foreign_netns.append(name)
             continue
-        objs.extend(ns_objs)
-        foreign_links.update(ns_foreign)
+        keyed.update(got.keyed)
+        if got.foreign:
+            foreign_links.update(got.foreign)
+    objs = []
 
     for r in snap.exports:
         if r.protocol != RTPROT or not r.dst:
@@ -291,9 +395,18 @@ def translate(
                 dev=dev.name if dev is not None else f"#{r.oif}",
             )
         )
+    for o in objs:
+        keyed[o.key] = o
 
     for name, content in snap.hosts_files.items():
-        objs.append(HostsFile(ns=name, content=content, owned=content.startswith(HOSTS_MARKER)))
+        got = made.get(name)
+        hf = got.hosts_file if got is not None else None
+        if hf is None or hf[0] is not content:
+            o = HostsFile(ns=name, content=content, owned=content.startswith(HOSTS_MARKER))
+            hf = (content, o.key, o)
+            if got is not None:
+                made[name] = got._replace(hosts_file=hf)
+        keyed[hf[1]] = hf[2]
 
     facts = HostFacts(
         links=links,
@@ -301,7 +414,9 @@ def translate(
         foreign_netns=tuple(sorted(foreign_netns)),
         foreign_links=foreign_links,
     )
-    return HostState(objs, facts), made
+    live = HostState((), facts)
+    live.objects = keyed
+    return live, made
 
 
 def _access_link(l: LinkRec, lower: Optional[str], addrs) -> AccessLink:

@@ -11,10 +11,11 @@ path at start, SIGHUP, retries and the periodic resync. The one-shot CLI never c
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Dict, Iterable, Sequence
 
 from ..objects import Key
-from .host import Kernel, NsView, Snapshot, netns_identity, read_hosts_files
+from .host import Kernel, NsView, Snapshot, netns_identity, read_hosts_files  # noqa: F401
 from .observe import dump_namespaces, ours_predicate
 
 
@@ -39,5 +40,7 @@ def refresh_snapshot(kernel: Kernel, previous: Snapshot, names: Iterable[str], i
     got, got_stamps = read_hosts_files(kernel.etc_netns, names, previous)
     hosts.update(got)
     stamps.update(got_stamps)
-    return Snapshot(host=previous.host, namespaces=namespaces, hosts_files=hosts, hosts_stamps=stamps,
-                    exports=list(previous.exports))
+    # previous's mark and /run/netns stamp still hold (the next observation compares them);
+    # the views dumped here are not proven to be the monitor's namespaces yet
+    return replace(previous, namespaces=namespaces, hosts_files=hosts, hosts_stamps=stamps,
+                   exports=list(previous.exports), vouched=previous.vouched - set(names))

@@ -129,7 +129,8 @@ def test_scoped_reconciles_equal_full_ones_over_a_random_edit_sequence(tmp_path)
     monitor = NetlinkMonitor(mkernel, lambda src, detail: None, netns_poll=0.2)
     monitor.start()
     planner = ScopedPlanner()
-    cache = engine.ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held)
+    cache = engine.ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held,
+                                    changes=monitor.changes_since)  # the daemon's scoped first observation
 
     def reconcile(full: bool, what: str):
         desired = load([r.dir])

@@ -177,7 +177,7 @@ class FakeKernel:
         self.exports = list(exports)
         self.tables_asked = []
 
-    def snapshot(self, is_ours, previous=None, still_valid=None, tables=(), held=None):
+    def snapshot(self, is_ours, previous=None, still_valid=None, tables=(), held=None, changes=None):
         import socket
 
         from reconciler.kernel.host import NsView, Snapshot

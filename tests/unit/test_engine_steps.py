@@ -43,7 +43,7 @@ class Host:
         self.fail_kind = fail_kind
         self.observed = []  # (intents, previous snapshot) per observe
 
-    def observe(self, kernel, intents=(), previous=None, still_valid=None, held=None, tables=(), made=None):
+    def observe(self, kernel, intents=(), previous=None, still_valid=None, held=None, tables=(), made=None, changes=None):
         self.observed.append((tuple(intents), previous))
         return kobserve.Observation(HostState(self.objects.values(), self.facts), object(), {"x": made}, 0, 0)
 
