@@ -16,8 +16,9 @@ SIGHUP, retries, the periodic resync) the plan is scoped to what changed
 is dump every namespace: the netlink monitor watches each of ours, and a
 namespace in which nothing that matters changed since its last dump (the same
 namespace: netns cookie of the monitor's socket in it; monitored from before
-that dump, no event since) is taken from the previous reconcile's snapshot
-(``engine.ObservationCache``).
+that dump, no event since) is taken from the previous reconcile's snapshot.
+All of that state lives in one object, ``memory.DaemonMemory`` (``self.memory``),
+which asks the monitor before each run and hands the engine its answer as data.
 The start, SIGHUP, a retry after a failure and the periodic resync observe
 everything afresh, so a change the monitor cannot see (or missed) is found by
 the next resync at the latest. Our own apply's netlink events cause one more
@@ -121,9 +122,12 @@ class Daemon:
         self.status = DaemonStatus(manifest_paths=list(self.paths), state_dir=settings.state_dir)
         self._loader = loader
         self.host = settings.host
-        from ..manifest import ParseCache
+        from .memory import DaemonMemory
 
-        self.parse_cache = ParseCache()  # an edit re-parses only the files it changed
+        # everything kept between reconciles (docs/daemon.md, "The daemon's memory"); 0 in
+        # IPVLAN_RECONCILER_SCOPE / _SCOPED_VERIFY: every plan / verify in full (to compare)
+        self.memory = DaemonMemory(scoped=os.environ.get("IPVLAN_RECONCILER_SCOPE", "1") != "0",
+                                   scoped_verify=os.environ.get("IPVLAN_RECONCILER_SCOPED_VERIFY", "1") != "0")
         self._apply = apply_fn
         self._kernel_factory = kernel_factory
         # desired state in force
@@ -140,8 +144,6 @@ class Daemon:
         self.watcher = None
         self.monitor = None
         self.monitor_kernel = None
-        self.observation = None  # engine.ObservationCache, once the netlink monitor runs
-        self.scope = None  # scope.ScopedPlanner (issue 12), with the observation cache
         self.metrics_server: Optional[MetricsServer] = None
         self.thread: Optional[threading.Thread] = None
         self._status_warned = False
@@ -149,15 +151,18 @@ class Daemon:
         self.bird_sync = None  # --bird-config: a birdctl.BirdSync, run after every reconcile
         self._bird_full = None  # (desired state in force, the whole fleet it was narrowed from)
 
+    @property
+    def parse_cache(self):
+        """The manifest loader's memory (the fingerprint primes it)."""
+        return self.memory.loader
+
     # pluggable parts (tests replace them) --------------------------------------------------
     def load(self, paths):
         from ..fleet import narrow  # a fleet manifest: this host's part (unknown host: invalid)
 
         if self._loader is not None:
             return narrow(self._loader(paths), self.host)
-        from ..manifest import load
-
-        return narrow(load(paths, self.parse_cache), self.host)
+        return narrow(self.memory.load(paths), self.host)
 
     def apply(self, desired):
         from .. import engine
@@ -165,9 +170,8 @@ class Daemon:
         kernel = self._kernel_factory() if self._kernel_factory else self._new_kernel()
         try:
             fn = self._apply or engine.apply
-            extra = {"cache": self.observation} if self.observation is not None else {}
-            if self.scope is not None:
-                extra["planner"] = self.scope
+            memory = self.memory.for_run()  # the netlink monitor asked now, before the run
+            extra = {"memory": memory} if memory is not None else {}
             return fn(desired, self.store, kernel, rollback=True, lock_timeout=self.lock_timeout, **extra)
         finally:
             if kernel is not None:  # None: a test's kernel_factory
@@ -350,12 +354,8 @@ class Daemon:
         t0 = self.clock()
         trigger = batch.describe()
         self.status.last_trigger = trigger
-        if self.observation is not None and (
-            batch.has("start", "hup") or "resync" in batch.timers or "retry" in batch.timers
-        ):
-            self.observation.snapshot = None  # observe every namespace afresh
-        if self.scope is not None:  # the same triggers plan everything (docs/daemon.md)
-            self.scope.full = batch.has("start", "hup") or "resync" in batch.timers or "retry" in batch.timers
+        if batch.has("start", "hup") or "resync" in batch.timers or "retry" in batch.timers:
+            self.memory.forget()  # observe every namespace afresh and plan everything (docs/daemon.md)
         try:
             out = self.apply(desired)
         except Exception as e:
@@ -433,9 +433,7 @@ class Daemon:
                     if self._loader is not None:
                         loaded = self._loader(self.paths)
                     else:
-                        from ..manifest import load
-
-                        loaded = load(self.paths, self.parse_cache)  # unchanged files: not parsed again
+                        loaded = self.memory.load(self.paths)  # unchanged files: not parsed again
                     self._bird_full = (desired, loaded)
                 full = self._bird_full[1]
             report = self.bird_sync.sync(desired, full)
@@ -454,11 +452,7 @@ class Daemon:
         extra: Dict[str, object] = {}
         if out.phases:
             extra["phases"] = " ".join(f"{k}={v:.3f}" for k, v in out.phases.items())
-        if self.observation is not None:
-            extra["namespaces_dumped"] = self.observation.dumped
-            extra["namespaces_reused"] = self.observation.reused
-        if self.scope is not None and self.scope.last:
-            extra["plan_scope"] = self.scope.describe()
+        extra.update(self.memory.stats(out))
         return extra
 
     def reconcile_failed(self, e: BaseException, seconds: float, trigger: str) -> None:
@@ -563,8 +557,7 @@ class Daemon:
         self.watcher.start()
 
     def start_monitor(self) -> None:
-        """The netlink monitor, and the observation cache it vouches for."""
-        from ..engine import ObservationCache
+        """The netlink monitor, which vouches for the namespace dumps the memory keeps."""
         from ..kernel.host import Kernel
         from .nlmonitor import NetlinkMonitor
 
@@ -573,15 +566,7 @@ class Daemon:
             self.monitor_kernel, lambda src, detail: self.triggers.put(src, detail), netns_poll=self.netns_poll
         )
         self.monitor.start()
-        monitor = self.monitor
-        self.observation = ObservationCache(
-            lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held
-        )
-        if os.environ.get("IPVLAN_RECONCILER_SCOPE", "1") != "0":  # 0: every plan in full (to compare)
-            from .scope import ScopedPlanner
-
-            # IPVLAN_RECONCILER_SCOPED_VERIFY=0: verify as before the scoped verify (to compare)
-            self.scope = ScopedPlanner(scoped_verify=os.environ.get("IPVLAN_RECONCILER_SCOPED_VERIFY", "1") != "0")
+        self.memory.attach(self.monitor)
 
     def stop_watchers(self) -> None:
         for name, fn in (
