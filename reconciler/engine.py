@@ -119,6 +119,9 @@ class Previous:
     made: "Made" = field(default_factory=dict)  # kernel.observe.translate's, for ``snapshot``
     held: Mapping[str, "HeldNs"] = field(default_factory=dict)
     quiet: Mapping[str, float] = field(default_factory=dict)
+    # the monitor's change log since ``snapshot``'s mark (``kernel.host.Changes``, when the
+    # monitor keeps one): the first observation is then scoped to it (kernel/observe.py)
+    changes: Optional[object] = None
 
     def still_valid(self, name: str, view) -> bool:
         """kernel.host.StillValid: nothing that matters changed in NAME since VIEW's dump."""
@@ -262,8 +265,10 @@ class _Run:
         self.tables = export_tables(self.desired, state)
         if self.memory is not None:
             prev = self.memory.handover()
+            ch = prev.changes
+            extra = {} if ch is None else {"changes": lambda mark: ch}  # asked before the run: data
             obs = observe(self.kernel, state.intents, prev.snapshot, prev.still_valid, prev.held.get,
-                          tables=self.tables, made=prev.made)
+                          tables=self.tables, made=prev.made, **extra)
             self.vouched = prev.vouch_only()  # the old snapshot is not held past this point
         else:
             obs = observe(self.kernel, state.intents, tables=self.tables)

@@ -21,7 +21,7 @@ memory dumps everything, plans in full and keeps nothing.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, Mapping, Optional, Tuple
 
 from ..compile import CompileMemo
 from ..engine import Previous, plan_for
@@ -32,7 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..kernel.observe import Observation
 
 
-def vouch(monitor, snapshot: Optional["Snapshot"], now: float) -> Tuple[Dict[str, "HeldNs"], Dict[str, float]]:
+def vouch(
+    monitor, snapshot: Optional["Snapshot"], now: float, names: Optional[Iterable[str]] = None
+) -> Tuple[Dict[str, "HeldNs"], Dict[str, float]]:
     """Ask the netlink MONITOR, at NOW (a time.monotonic() taken before asking), which of our
     namespaces it holds and since when nothing that matters changed in each: ``(held,
     quiet)`` for ``engine.Previous``. ``quiet[name]`` is the time of the previous SNAPSHOT's
@@ -40,11 +42,11 @@ def vouch(monitor, snapshot: Optional["Snapshot"], now: float) -> Tuple[Dict[str
     namespace since NOW (a dump the run takes later still holds at its verify); a namespace
     with a change read after both is left out (dumped again). ``held`` is asked before
     ``unchanged_since``: a monitor socket replaced in between was opened after NOW, so the
-    latter answers no."""
+    latter answers no. ``names``: ask about these only (default: every namespace monitored)."""
     held: Dict[str, "HeldNs"] = {}
     quiet: Dict[str, float] = {}
     views = snapshot.namespaces if snapshot is not None else {}
-    for name in monitor.monitored():
+    for name in monitor.monitored() if names is None else names:
         h = monitor.held(name)
         if h is None:
             continue
@@ -80,6 +82,9 @@ class DaemonMemory:
         self.made: Dict[str, object] = {}
         self.full = True  # the next run observes and plans everything
         self._previous: Optional[Previous] = None
+        # the monitor's word given for ``snapshot`` (held, quiet), carried to the next run for
+        # the namespaces its change log shows nothing for (see for_run)
+        self._vouched: Optional[Tuple[Dict[str, "HeldNs"], Dict[str, float]]] = None
 
     def attach(self, monitor) -> None:
         """From now on MONITOR vouches for namespace dumps, and runs get this memory."""
@@ -103,7 +108,7 @@ class DaemonMemory:
         """The next run observes every namespace afresh and plans everything (its plan, if
         empty, makes the scoped planner's next base); the old snapshot and base go now."""
         self.full = True
-        self.snapshot, self.made, self._previous = None, {}, None
+        self.snapshot, self.made, self._previous, self._vouched = None, {}, None, None
         if self.scope is not None:
             self.scope.base = None
 
@@ -114,8 +119,29 @@ class DaemonMemory:
             return None
         full, self.full = self.full, False
         snap = None if full else self.snapshot
-        held, quiet = vouch(self.monitor, snap, time.monotonic())
-        self._previous = Previous(snapshot=snap, made=self.made if snap is not None else {}, held=held, quiet=quiet)
+        now = time.monotonic()
+        # the monitor's change log, when it keeps one (``changes_since``: what changed since
+        # the snapshot's mark), asked first: anything logged after this answer is the next's
+        ask = getattr(self.monitor, "changes_since", None)
+        changes = ask(getattr(snap, "mark", None) if snap is not None else None) if ask is not None else None
+        carried = self._vouched if snap is not None else None
+        if carried is not None and changes is not None and changes.namespaces is not None:
+            # proportional to the change: the word given last time still holds for a namespace
+            # the log shows nothing for (no change, no socket opened or closed since); ask again
+            # about the others and about those it did not vouch for then
+            held, quiet = dict(carried[0]), dict(carried[1])
+            todo = set(changes.namespaces) | {n for n in snap.namespaces if n not in held}
+            for name in changes.namespaces:
+                held.pop(name, None)
+                quiet.pop(name, None)
+            h, q = vouch(self.monitor, snap, now, sorted(todo))
+            held.update(h)
+            quiet.update(q)
+        else:
+            held, quiet = vouch(self.monitor, snap, now)
+        self._vouched = (held, quiet)
+        self._previous = Previous(snapshot=snap, made=self.made if snap is not None else {}, held=held, quiet=quiet,
+                                  changes=changes)
         if self.scope is not None:
             self.scope.full = full
         return self

@@ -171,6 +171,64 @@ def test_vouch_is_the_monitors_word_as_data():
     assert quiet == {"a": 9.0, "b": 9.0}
 
 
+class LoggingMonitor(Monitor):
+    """A monitor with a change log (``changes_since``): the names logged since a mark."""
+
+    def __init__(self, held=None, changed=None):
+        super().__init__(held, changed)
+        self.log = []  # (seq, name)
+
+    def changes_since(self, mark):
+        self._ask(("changes_since", mark))
+        seq = len(self.log)
+        names = None if mark is None else frozenset(n for i, n in self.log if i > mark)
+        return types.SimpleNamespace(mark=seq, namespaces=names, netns_dir=False, hosts=None)
+
+
+def test_with_a_change_log_only_what_it_shows_is_asked_again_and_the_engine_gets_the_answer(tmp_path, host):
+    names = ("a", "b", "c")
+    monitor = LoggingMonitor(held={n: HeldNs((1, i), 10 + i, since=1.0) for i, n in enumerate(names)})
+    memory = DaemonMemory(scoped=False)
+    memory.attach(monitor)
+    snap = types.SimpleNamespace(namespaces={n: types.SimpleNamespace(taken=5.0) for n in names}, mark=0)
+
+    def run():
+        """What a run does with the memory, besides observing: take it over, keep a snapshot."""
+        monitor.asked.clear()
+        prev = memory.for_run().handover()
+        memory.keep(types.SimpleNamespace(snapshot=snap, made={}))
+        return prev
+
+    first = run()  # after attach: a full run, asked about everything
+    assert first.snapshot is None and first.changes.namespaces is None
+    assert ("held", "a") in monitor.asked
+    assert set(first.quiet) == set(names)  # vouched for from the time of asking
+    second = run()
+    assert second.changes.namespaces == frozenset() and second.snapshot is snap
+    assert second.quiet == first.quiet and second.held == first.held  # nothing logged: carried
+    assert [q for q in monitor.asked if q[0] != "changes_since"] == []  # not asked per namespace
+    monitor.log.append((1, "b"))
+    monitor.changed["b"] = 6.0
+    third = run()
+    assert third.changes.namespaces == {"b"}
+    assert {q[1] for q in monitor.asked if q[0] != "changes_since"} == {"b"}  # b only
+    assert third.quiet["a"] == third.quiet["c"] == first.quiet["a"] and third.quiet["b"] > first.quiet["b"]
+    assert not third.still_valid("b", types.SimpleNamespace(taken=6.5))  # b changed after that
+    monitor.held_ns.pop("c")  # the monitor let c go (its socket closed: logged)
+    monitor.log.append((2, "c"))
+    fourth = run()
+    assert set(fourth.held) == set(fourth.quiet) == {"a", "b"}
+
+    # and the engine hands observe that very answer: data, asked before the run
+    snap.mark = 1
+    handed = memory.for_run()
+    answer = handed._previous.changes
+    monitor.tripwire = True
+    engine.apply(desired(), Store(str(tmp_path)), FakeKernel(), memory=handed)
+    monitor.tripwire = False
+    assert answer.namespaces == {"c"} and host.changes[0](answer.mark) is answer
+
+
 def test_without_a_monitor_the_daemon_reconciles_as_the_cli_does():
     memory = DaemonMemory()
     assert memory.for_run() is None and memory.compile_memo is None and memory.scope is None

@@ -44,10 +44,12 @@ class Host:
         self.fail_kind = fail_kind
         self.observed = []  # (intents, previous snapshot) per observe
         self.vouchers = []  # (still_valid, held) per observe
+        self.changes = []  # the change-log callable per observe (the daemon's, else None)
 
-    def observe(self, kernel, intents=(), previous=None, still_valid=None, held=None, tables=(), made=None):
+    def observe(self, kernel, intents=(), previous=None, still_valid=None, held=None, tables=(), made=None, changes=None):
         self.observed.append((tuple(intents), previous))
         self.vouchers.append((still_valid, held))
+        self.changes.append(changes)
         snap = types.SimpleNamespace(namespaces={})  # a kernel.host.Snapshot with no namespace
         return kobserve.Observation(HostState(self.objects.values(), self.facts), snap, {"x": made}, 0, 0)
 
