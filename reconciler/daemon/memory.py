@@ -69,8 +69,9 @@ class DaemonMemory:
     def __init__(self, scoped: bool = True, scoped_verify: bool = True, loader=None):
         from ..manifest import ParseCache
 
-        # the manifest load's memory: anything with ParseCache's interface (``read``,
-        # ``digest``, ``drop_primed``, ``keep_only``); the incremental reload replaces it
+        # the manifest load's memory: a ParseCache (``manifest.load(paths, cache)``), or an
+        # object with its own ``load(paths)`` (the incremental reload's); the daemon's
+        # fingerprint primes it (``digest``)
         self.loader = loader if loader is not None else ParseCache()
         self.scoped = scoped  # False: every plan in full (IPVLAN_RECONCILER_SCOPE=0)
         self.scoped_verify = scoped_verify
@@ -100,6 +101,9 @@ class DaemonMemory:
     # what the daemon does with it ------------------------------------------------------------
     def load(self, paths):
         """The manifests of PATHS as one desired state, through the loader's memory."""
+        own = getattr(self.loader, "load", None)
+        if own is not None:
+            return own(paths)
         from ..manifest import load
 
         return load(paths, self.loader)

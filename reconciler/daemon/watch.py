@@ -153,8 +153,12 @@ class Daemon:
 
     @property
     def parse_cache(self):
-        """The manifest loader's memory (the fingerprint primes it)."""
+        """The manifest loader's memory (the fingerprint primes it), kept in ``self.memory``."""
         return self.memory.loader
+
+    @parse_cache.setter
+    def parse_cache(self, loader) -> None:
+        self.memory.loader = loader
 
     # pluggable parts (tests replace them) --------------------------------------------------
     def load(self, paths):

@@ -233,3 +233,20 @@ def test_without_a_monitor_the_daemon_reconciles_as_the_cli_does():
     memory = DaemonMemory()
     assert memory.for_run() is None and memory.compile_memo is None and memory.scope is None
     assert memory.stats(engine.ApplyOutcome(plan=engine.Plan())) == {}
+
+
+def test_the_loader_slot_takes_a_parse_cache_or_a_loader_with_its_own_load(tmp_path):
+    from reconciler.manifest import ParseCache
+
+    (tmp_path / "a.yaml").write_text("version: 1\nnetworks: {n1: {internal: true}}\n")
+    memory = DaemonMemory()
+    assert isinstance(memory.loader, ParseCache)
+    assert list(memory.load([str(tmp_path)]).networks) == ["n1"]
+    assert memory.loader.parsed == 1 and memory.load([str(tmp_path)]).networks and memory.loader.parsed == 0
+
+    class Loader:
+        def load(self, paths):
+            return ("loaded", tuple(paths))
+
+    memory.loader = Loader()
+    assert memory.load(["x"]) == ("loaded", ("x",))
