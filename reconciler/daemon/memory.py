@@ -66,7 +66,7 @@ class DaemonMemory:
     monitor is attached (:meth:`attach`) only the loader's memory is used and the daemon
     reconciles the way the CLI does (``for_run`` gives None)."""
 
-    def __init__(self, scoped: bool = True, scoped_verify: bool = True, loader=None):
+    def __init__(self, scoped: bool = True, scoped_verify: bool = True, loader=None, scoped_observe: bool = True):
         from ..manifest import ParseCache
 
         # the manifest load's memory: a ParseCache (``manifest.load(paths, cache)``), or an
@@ -75,6 +75,7 @@ class DaemonMemory:
         self.loader = loader if loader is not None else ParseCache()
         self.scoped = scoped  # False: every plan in full (IPVLAN_RECONCILER_SCOPE=0)
         self.scoped_verify = scoped_verify
+        self.scoped_observe = scoped_observe  # False: the monitor's change log is not asked (to compare)
         self.monitor = None
         self.compile_memo: Optional[CompileMemo] = None
         self.scope = None  # daemon.scope.ScopedPlanner once attached, when scoped
@@ -126,7 +127,7 @@ class DaemonMemory:
         now = time.monotonic()
         # the monitor's change log, when it keeps one (``changes_since``: what changed since
         # the snapshot's mark), asked first: anything logged after this answer is the next's
-        ask = getattr(self.monitor, "changes_since", None)
+        ask = getattr(self.monitor, "changes_since", None) if self.scoped_observe else None
         changes = ask(getattr(snap, "mark", None) if snap is not None else None) if ask is not None else None
         carried = self._vouched if snap is not None else None
         if carried is not None and changes is not None and changes.namespaces is not None:

@@ -125,9 +125,11 @@ class Daemon:
         from .memory import DaemonMemory
 
         # everything kept between reconciles (docs/daemon.md, "The daemon's memory"); 0 in
-        # IPVLAN_RECONCILER_SCOPE / _SCOPED_VERIFY: every plan / verify in full (to compare)
+        # IPVLAN_RECONCILER_SCOPE / _SCOPED_VERIFY / _SCOPED_OBSERVE: every plan / verify /
+        # first observation in full (to compare)
         self.memory = DaemonMemory(scoped=os.environ.get("IPVLAN_RECONCILER_SCOPE", "1") != "0",
-                                   scoped_verify=os.environ.get("IPVLAN_RECONCILER_SCOPED_VERIFY", "1") != "0")
+                                   scoped_verify=os.environ.get("IPVLAN_RECONCILER_SCOPED_VERIFY", "1") != "0",
+                                   scoped_observe=os.environ.get("IPVLAN_RECONCILER_SCOPED_OBSERVE", "1") != "0")
         self._apply = apply_fn
         self._kernel_factory = kernel_factory
         # desired state in force

@@ -228,6 +228,12 @@ def test_with_a_change_log_only_what_it_shows_is_asked_again_and_the_engine_gets
     monitor.tripwire = False
     assert answer.namespaces == {"c"} and host.changes[0](answer.mark) is answer
 
+    # IPVLAN_RECONCILER_SCOPED_OBSERVE=0 (to compare): the change log is not asked
+    memory.scoped_observe = False
+    monitor.asked.clear()
+    assert memory.for_run()._previous.changes is None
+    assert ("changes_since", 1) not in monitor.asked and ("held", "a") in monitor.asked
+
 
 def test_without_a_monitor_the_daemon_reconciles_as_the_cli_does():
     memory = DaemonMemory()
