@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 from . import ipam
 from .compile import CompileMemo, Compiled, compile_state
@@ -20,7 +20,7 @@ from .statedir import State, StateStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kernel.apply import ApplyResult
-    from .kernel.host import Changes, Held, Kernel, Snapshot, StillValid
+    from .kernel.host import HeldNs, Kernel, Snapshot
     from .kernel.observe import Made, Observation
 
 
@@ -102,30 +102,56 @@ def offline_live(live_state_file: Optional[str]) -> HostState:
     return read_state_file(live_state_file)  # every problem with the file is a UserError
 
 
-@dataclass
-class ObservationCache:
-    """The daemon's memory between reconciles: the last snapshot, what observe made of its
-    namespace dumps, and who can say which of those dumps still hold (the netlink monitor).
-    ``engine.apply`` reuses those and dumps the rest, and leaves its verify observation here
-    for the next run. ``snapshot=None`` asks for a full observation (the daemon's start,
-    SIGHUP, the periodic resync). ``held`` says which namespace the caller holds a socket in
-    under each name (the monitor's): only a dump of that very namespace (same netns cookie)
-    is ever reused, so ``still_valid`` vouches for changes, never for identity; without
-    ``held`` nothing is."""
+@dataclass(frozen=True)
+class Previous:
+    """What a long-running caller (the daemon) hands one ``engine.apply`` run from the last,
+    as data: the last run's snapshot, what observe made of it, and what the caller vouches
+    for -- asked of its netlink monitor before the run, so the engine never calls back into
+    it. ``held``: the namespace the caller holds a socket in under each name; ``quiet``: for
+    each name, a time (``time.monotonic()``) from which no change that matters (nor a lost
+    event) had been seen in it when the caller was asked. A dump of NAME taken at or after
+    that time, of the namespace held under NAME (same netns cookie, ``same_namespace``), is
+    reused instead of dumped again; a change seen after the caller was asked is its next
+    trigger (docs/daemon.md, "The daemon's memory"). ``snapshot=None``: dump every
+    namespace (the daemon's start, SIGHUP, a retry, the periodic resync)."""
 
-    still_valid: "StillValid"
     snapshot: Optional["Snapshot"] = None
     made: "Made" = field(default_factory=dict)  # kernel.observe.translate's, for ``snapshot``
-    # compile's per-container results, kept between runs too: besides the manifests they
-    # depend only on which parents exist, which compile checks every time, so they survive
-    # a full observation
-    compile_memo: CompileMemo = field(default_factory=CompileMemo)
-    reused: int = 0  # namespaces taken from the previous snapshot by the last run's observe
-    dumped: int = 0  # namespaces dumped by the last run's observe (verify is not counted)
-    held: Optional["Held"] = None
-    # what changed since a snapshot's mark, in one call (the monitor's changes_since): the
-    # first observation is then scoped too (kernel.observe.take_snapshot, docs/daemon.md)
-    changes: Optional[Callable[[Optional[int]], "Changes"]] = None
+    held: Mapping[str, "HeldNs"] = field(default_factory=dict)
+    quiet: Mapping[str, float] = field(default_factory=dict)
+    # the monitor's change log since ``snapshot``'s mark (``kernel.host.Changes``, when the
+    # monitor keeps one): the first observation is then scoped to it (kernel/observe.py)
+    changes: Optional[object] = None
+
+    def still_valid(self, name: str, view) -> bool:
+        """kernel.host.StillValid: nothing that matters changed in NAME since VIEW's dump."""
+        q = self.quiet.get(name)
+        return q is not None and q <= view.taken
+
+    def vouch_only(self) -> "Previous":
+        """The same vouches without the snapshot (a run keeps these for its verify)."""
+        return Previous(held=self.held, quiet=self.quiet)
+
+
+class RunMemory(Protocol):
+    """What a long-running caller keeps between ``engine.apply`` runs, seen from the engine:
+    the daemon's ``daemon.memory.DaemonMemory``. ``engine.apply(memory=None)`` -- the CLI --
+    keeps nothing and allocates nothing for it."""
+
+    #: plans (and verifies): ``plan_for``, or the daemon's scoped planner (same arguments and
+    #: result; may have ``verify_scoped``, daemon/scope.py)
+    planner: Callable[..., Planned]
+    #: compile's per-container results, kept between runs (``compile.CompileMemo``)
+    compile_memo: Optional[CompileMemo]
+
+    def handover(self) -> Previous:
+        """The last run's observation and the caller's vouches, once: the memory lets go of
+        the snapshot (a run that fails leaves nothing to build on)."""
+        ...  # pragma: no cover
+
+    def keep(self, obs: "Observation") -> None:
+        """This run's last observation of a converged host: the next run may build on it."""
+        ...  # pragma: no cover
 
 
 def wanted_export_tables(desired: DesiredState) -> Tuple[int, ...]:
@@ -151,6 +177,8 @@ class ApplyOutcome:
     netlink_writes: int = 0
     seconds: float = 0.0
     phases: Dict[str, float] = field(default_factory=dict)
+    reused: int = 0  # namespace dumps the first observation took from the previous run's
+    dumped: int = 0  # namespaces the first observation dumped (verify is not counted)
 
     @property
     def converged(self) -> bool:
@@ -169,9 +197,8 @@ def apply(
     kernel: "Kernel",
     rollback: bool = True,
     lock_timeout: float = 60.0,
-    cache: Optional[ObservationCache] = None,
     check: Optional[Callable[[HostState, State, Planned], None]] = None,
-    planner: Optional[Callable[..., Planned]] = None,
+    memory: Optional[RunMemory] = None,
 ) -> ApplyOutcome:
     """Observe, plan, record intents, execute (rolling back on failure), verify, save --
     under the writer lock. Each step is a method of :class:`_Run`; the state directory is
@@ -180,13 +207,12 @@ def apply(
     ``check`` (a saved plan, ``reconciler.savedplan``) sees the observed host, the state
     directory and the new plan before anything is written, and refuses by raising.
 
-    With a ``cache`` (the daemon) namespaces it vouches for are not dumped again; verify
-    re-dumps only what this run touched (everything after a failure or a change to a host
-    link, whose deletion takes endpoints in other namespaces with it).
-
-    ``planner`` (the daemon's ``daemon.scope.ScopedPlanner``) replaces ``plan_for`` for the
-    plan and the verify: same arguments, same result."""
-    run = _Run(desired, kernel, cache, planner)
+    ``memory`` (the daemon's, :class:`RunMemory`): namespaces it vouches for are not dumped
+    again, verify re-dumps only what this run touched (everything after a failure or a
+    change to a host link, whose deletion takes endpoints in other namespaces with it), its
+    planner and compile memo plan, and the run's last observation is handed back to it.
+    Without it (the CLI) nothing is kept: every namespace is dumped, ``plan_for`` plans."""
+    run = _Run(desired, kernel, memory)
     with store.lock(lock_timeout):
         state = store.load()
         first = run.observe(state)
@@ -211,13 +237,14 @@ def apply(
 class _Run:
     """One apply's steps and what they leave for the next (``apply`` runs them in order)."""
 
-    def __init__(self, desired: DesiredState, kernel: "Kernel", cache: Optional[ObservationCache],
-                 planner: Optional[Callable[..., Planned]] = None):
+    def __init__(self, desired: DesiredState, kernel: "Kernel", memory: Optional[RunMemory] = None):
         self.desired = desired
-        self.plan_for = planner or plan_for  # the daemon's scoped planner, else the full one
         self.kernel = kernel
-        self.cache = cache
-        self.memo = cache.compile_memo if cache is not None else None
+        self.memory = memory
+        # the daemon's scoped planner and compile memo, else the full plan and no memo
+        self.plan_for = memory.planner if memory is not None else plan_for
+        self.memo = memory.compile_memo if memory is not None else None
+        self.vouched: Optional[Previous] = None  # the memory's vouches, for verify
         self.t0 = time.monotonic()
         self.writes_before = kernel.counter.count
         self.phases: Dict[str, float] = {}
@@ -231,19 +258,21 @@ class _Run:
         self.phases[phase] = time.monotonic() - t
 
     def observe(self, state: State) -> "Observation":
-        """The host now; with the daemon's cache, reusing the dumps it vouches for."""
+        """The host now; with the daemon's memory, reusing the dumps it vouches for."""
         from .kernel.observe import observe
 
         t = time.monotonic()
         self.tables = export_tables(self.desired, state)
-        c = self.cache
-        if c is not None:
-            obs = observe(self.kernel, state.intents, c.snapshot, c.still_valid, c.held, tables=self.tables, made=c.made,
-                          changes=c.changes)
-            c.snapshot, c.made = None, {}  # until this run has a snapshot it can vouch for
-            c.reused, c.dumped = obs.reused, obs.dumped
+        if self.memory is not None:
+            prev = self.memory.handover()
+            ch = prev.changes
+            extra = {} if ch is None else {"changes": lambda mark: ch}  # asked before the run: data
+            obs = observe(self.kernel, state.intents, prev.snapshot, prev.still_valid, prev.held.get,
+                          tables=self.tables, made=prev.made, **extra)
+            self.vouched = prev.vouch_only()  # the old snapshot is not held past this point
         else:
             obs = observe(self.kernel, state.intents, tables=self.tables)
+        self.out.reused, self.out.dumped = obs.reused, obs.dumped
         self._timed("observe", t)
         return obs
 
@@ -294,15 +323,15 @@ class _Run:
             self.intents = tuple(k for k in self.intents if k not in undone)
 
     def verify(self, before: "Observation") -> Optional["Observation"]:
-        """Observe again and plan: an empty plan is a converged host. With the cache, after a
+        """Observe again and plan: an empty plan is a converged host. With the memory, after a
         clean run that changed no host link, only the namespaces it touched are dumped. The
         observation, when it may be kept for the next run (else None)."""
         from .kernel.observe import observe
 
         t = time.monotonic()
-        plan, result, c = self.out.plan, self.out.result, self.cache
+        plan, result, v = self.out.plan, self.out.result, self.vouched
         assert result is not None and self.planned is not None
-        if c is not None and result.ok and self.out.rollback is None and not any(
+        if v is not None and result.ok and self.out.rollback is None and not any(
             a.kind in (Kind.VLAN, Kind.DUMMY) for a in plan.actions
         ):
             scoped = getattr(self.plan_for, "verify_scoped", None)  # the daemon's scoped planner
@@ -312,12 +341,12 @@ class _Run:
                 self._timed("verify", t)
                 return after if self.out.verify.empty else None
             touched = {a.key[1] for a in plan.actions if a.kind is not Kind.HOSTS}  # files: always re-read
-            base = c.still_valid
+            base = v.still_valid
 
             def still_valid(name: str, view) -> bool:
                 return name not in touched and base(name, view)
 
-            after = observe(self.kernel, self.intents, before.snapshot, still_valid, c.held, tables=self.tables,
+            after = observe(self.kernel, self.intents, before.snapshot, still_valid, v.held.get, tables=self.tables,
                             made=before.made)
         else:
             after = observe(self.kernel, self.intents, tables=self.tables)
@@ -333,9 +362,9 @@ class _Run:
         return after if result.ok and self.out.verify.empty else None
 
     def remember(self, obs: Optional["Observation"]) -> None:
-        """The daemon's cache keeps an observation the next run may build on."""
-        if self.cache is not None and obs is not None:
-            self.cache.snapshot, self.cache.made = obs.snapshot, obs.made
+        """The daemon's memory keeps an observation the next run may build on."""
+        if self.memory is not None and obs is not None:
+            self.memory.keep(obs)
 
     def final_state(self, state: State) -> State:
         """What the state directory holds after this run. Converged or not executed: the

@@ -1,8 +1,8 @@
 """The daemon's scoped reconcile: plan only what a manifest edit (or drift the netlink
 monitor saw) can have changed, and carry the rest over from the last converged reconcile.
 
-``ScopedPlanner`` is a drop-in for ``engine.plan_for`` (``engine.apply(planner=...)``): same
-arguments, same result. It keeps a *base*: what the last plan that came out empty (a
+``ScopedPlanner`` is a drop-in for ``engine.plan_for`` (the daemon's memory, ``memory.DaemonMemory``,
+hands it to ``engine.apply(memory=...)`` as its ``planner``): same arguments, same result. It keeps a *base*: what the last plan that came out empty (a
 converged host) was made of -- the desired state as loaded, IPAM's result and allocations,
 the compiled objects of every namespace, the hosts-file blocks of every network, and the
 live objects and host facts it was compared with. Against that base a new request is

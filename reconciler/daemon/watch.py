@@ -16,8 +16,9 @@ SIGHUP, retries, the periodic resync) the plan is scoped to what changed
 is dump every namespace: the netlink monitor watches each of ours, and a
 namespace in which nothing that matters changed since its last dump (the same
 namespace: netns cookie of the monitor's socket in it; monitored from before
-that dump, no event since) is taken from the previous reconcile's snapshot
-(``engine.ObservationCache``).
+that dump, no event since) is taken from the previous reconcile's snapshot.
+All of that state lives in one object, ``memory.DaemonMemory`` (``self.memory``),
+which asks the monitor before each run and hands the engine its answer as data.
 The start, SIGHUP, a retry after a failure and the periodic resync observe
 everything afresh, so a change the monitor cannot see (or missed) is found by
 the next resync at the latest. Our own apply's netlink events cause one more
@@ -122,9 +123,17 @@ class Daemon:
         self._loader = loader
         self.host = settings.host
         from ..manifest.incremental import IncrementalLoad
+        from .memory import DaemonMemory
 
-        # an edit re-parses only the files it changed and checks only the entries it changed
-        self.parse_cache = IncrementalLoad()
+        # everything kept between reconciles (docs/daemon.md, "The daemon's memory"): the
+        # entry-level manifest reload (an edit re-parses only the lines and checks only the
+        # entries it changed), observations, compile memo, scoped planner; 0 in
+        # IPVLAN_RECONCILER_SCOPE / _SCOPED_VERIFY / _SCOPED_OBSERVE: every plan / verify /
+        # first observation in full (to compare)
+        self.memory = DaemonMemory(scoped=os.environ.get("IPVLAN_RECONCILER_SCOPE", "1") != "0",
+                                   scoped_verify=os.environ.get("IPVLAN_RECONCILER_SCOPED_VERIFY", "1") != "0",
+                                   scoped_observe=os.environ.get("IPVLAN_RECONCILER_SCOPED_OBSERVE", "1") != "0",
+                                   loader=IncrementalLoad())
         self._apply = apply_fn
         self._kernel_factory = kernel_factory
         # desired state in force
@@ -141,8 +150,6 @@ class Daemon:
         self.watcher = None
         self.monitor = None
         self.monitor_kernel = None
-        self.observation = None  # engine.ObservationCache, once the netlink monitor runs
-        self.scope = None  # scope.ScopedPlanner (issue 12), with the observation cache
         self.metrics_server: Optional[MetricsServer] = None
         self.thread: Optional[threading.Thread] = None
         self._status_warned = False
@@ -150,13 +157,22 @@ class Daemon:
         self.bird_sync = None  # --bird-config: a birdctl.BirdSync, run after every reconcile
         self._bird_full = None  # (desired state in force, the whole fleet it was narrowed from)
 
+    @property
+    def parse_cache(self):
+        """The manifest loader's memory (the fingerprint primes it), kept in ``self.memory``."""
+        return self.memory.loader
+
+    @parse_cache.setter
+    def parse_cache(self, loader) -> None:
+        self.memory.loader = loader
+
     # pluggable parts (tests replace them) --------------------------------------------------
     def load(self, paths):
         from ..fleet import narrow  # a fleet manifest: this host's part (unknown host: invalid)
 
         if self._loader is not None:
             return narrow(self._loader(paths), self.host)
-        return narrow(self.parse_cache.load(paths), self.host)
+        return narrow(self.memory.load(paths), self.host)
 
     def apply(self, desired):
         from .. import engine
@@ -164,9 +180,8 @@ class Daemon:
         kernel = self._kernel_factory() if self._kernel_factory else self._new_kernel()
         try:
             fn = self._apply or engine.apply
-            extra = {"cache": self.observation} if self.observation is not None else {}
-            if self.scope is not None:
-                extra["planner"] = self.scope
+            memory = self.memory.for_run()  # the netlink monitor asked now, before the run
+            extra = {"memory": memory} if memory is not None else {}
             return fn(desired, self.store, kernel, rollback=True, lock_timeout=self.lock_timeout, **extra)
         finally:
             if kernel is not None:  # None: a test's kernel_factory
@@ -351,12 +366,8 @@ class Daemon:
         t0 = self.clock()
         trigger = batch.describe()
         self.status.last_trigger = trigger
-        if self.observation is not None and (
-            batch.has("start", "hup") or "resync" in batch.timers or "retry" in batch.timers
-        ):
-            self.observation.snapshot = None  # observe every namespace afresh
-        if self.scope is not None:  # the same triggers plan everything (docs/daemon.md)
-            self.scope.full = batch.has("start", "hup") or "resync" in batch.timers or "retry" in batch.timers
+        if batch.has("start", "hup") or "resync" in batch.timers or "retry" in batch.timers:
+            self.memory.forget()  # observe every namespace afresh and plan everything (docs/daemon.md)
         try:
             out = self.apply(desired)
         except Exception as e:
@@ -434,9 +445,7 @@ class Daemon:
                     if self._loader is not None:
                         loaded = self._loader(self.paths)
                     else:
-                        from ..manifest import load
-
-                        loaded = load(self.paths, self.parse_cache)  # unchanged files: not parsed again
+                        loaded = self.memory.load(self.paths)  # unchanged files: not parsed again
                     self._bird_full = (desired, loaded)
                 full = self._bird_full[1]
             report = self.bird_sync.sync(desired, full)
@@ -455,11 +464,7 @@ class Daemon:
         extra: Dict[str, object] = {}
         if out.phases:
             extra["phases"] = " ".join(f"{k}={v:.3f}" for k, v in out.phases.items())
-        if self.observation is not None:
-            extra["namespaces_dumped"] = self.observation.dumped
-            extra["namespaces_reused"] = self.observation.reused
-        if self.scope is not None and self.scope.last:
-            extra["plan_scope"] = self.scope.describe()
+        extra.update(self.memory.stats(out))
         return extra
 
     def reconcile_failed(self, e: BaseException, seconds: float, trigger: str) -> None:
@@ -564,8 +569,7 @@ class Daemon:
         self.watcher.start()
 
     def start_monitor(self) -> None:
-        """The netlink monitor, and the observation cache it vouches for."""
-        from ..engine import ObservationCache
+        """The netlink monitor, which vouches for the namespace dumps the memory keeps."""
         from ..kernel.host import Kernel
         from .nlmonitor import NetlinkMonitor
 
@@ -574,17 +578,7 @@ class Daemon:
             self.monitor_kernel, lambda src, detail: self.triggers.put(src, detail), netns_poll=self.netns_poll
         )
         self.monitor.start()
-        monitor = self.monitor
-        self.observation = ObservationCache(
-            lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held,
-            # IPVLAN_RECONCILER_SCOPED_OBSERVE=0: every first observation stats everything (to compare)
-            changes=monitor.changes_since if os.environ.get("IPVLAN_RECONCILER_SCOPED_OBSERVE", "1") != "0" else None,
-        )
-        if os.environ.get("IPVLAN_RECONCILER_SCOPE", "1") != "0":  # 0: every plan in full (to compare)
-            from .scope import ScopedPlanner
-
-            # IPVLAN_RECONCILER_SCOPED_VERIFY=0: verify as before the scoped verify (to compare)
-            self.scope = ScopedPlanner(scoped_verify=os.environ.get("IPVLAN_RECONCILER_SCOPED_VERIFY", "1") != "0")
+        self.memory.attach(self.monitor)
 
     def stop_watchers(self) -> None:
         for name, fn in (

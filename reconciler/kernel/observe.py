@@ -10,7 +10,7 @@ return what they made and change nothing they are given:
 * :func:`observe` does both and returns an :class:`Observation`: the live state, the
   snapshot (apply's executor looks ifindexes up in it), what was made of each namespace's
   dump and how many dumps were reused -- what the daemon keeps for its next run
-  (``engine.ObservationCache``).
+  (``daemon.memory.DaemonMemory``, handed to the engine as ``engine.Previous``).
 
 Kernel I/O goes through ``kernel.host.Kernel``; nothing here decides what to change.
 """
@@ -359,7 +359,7 @@ def translate(
     foreign_netns: List[str] = []
     foreign_links: Dict[Tuple[str, str], str] = {}
     # A namespace's objects depend only on its dump, the host's link names (its endpoints'
-    # parents) and the intents; the daemon reuses dumps (ObservationCache), so what was made
+    # parents) and the intents; the daemon reuses dumps (its DaemonMemory), so what was made
     # of one is returned with it and reused while the host's links are the same.
     # The live state is assembled from each namespace's objects by key (NsObjects.keyed),
     # in the order a list of all objects would give: what was made of a reused dump is not

@@ -1,4 +1,4 @@
-"""The daemon's observation cache on the real kernel (VM only): a namespace dump is reused
+"""The daemon's memory of observations on the real kernel (VM only): a namespace dump is reused
 only while the netlink monitor vouches for it, so a hand-made change is still found, and
 what is reused really is not dumped again.
 
@@ -13,7 +13,9 @@ import pytest
 
 from enginekit import Reconciler, addrs, sh
 
+import reconciler.kernel.observe as kobserve
 from reconciler import engine
+from reconciler.daemon.memory import DaemonMemory
 from reconciler.daemon.nlmonitor import NetlinkMonitor
 from reconciler.errors import PlanError
 from reconciler.kernel.host import Kernel, netns_identity
@@ -80,28 +82,45 @@ def watched(tmp_path):
         r.teardown()
 
 
-def run_apply(r: Reconciler, cache: engine.ObservationCache) -> engine.ApplyOutcome:
+def run_apply(r: Reconciler, memory: DaemonMemory) -> engine.ApplyOutcome:
     with Kernel() as k:
-        return engine.apply(load([r.dir]), StateStore(r.state), k, cache=cache)
+        return engine.apply(load([r.dir]), StateStore(r.state), k, memory=memory.for_run())
+
+
+def remembering(monitor) -> DaemonMemory:
+    """The daemon's memory (observations and compile memo; plans in full) on MONITOR's word."""
+    memory = DaemonMemory(scoped=False)
+    memory.attach(monitor)
+    return memory
+
+
+class Blind:
+    """MONITOR's sockets, with a word that vouches for everything it holds."""
+
+    def __init__(self, monitor):
+        self.monitored, self.held = monitor.monitored, monitor.held
+
+    def unchanged_since(self, name, t):
+        return True
 
 
 def test_unchanged_namespaces_are_reused_and_a_hand_made_change_is_dumped(watched):
     r, monitor, events = watched
-    cache = engine.ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held)
+    cache = remembering(monitor)
 
     first = run_apply(r, cache)
     assert first.plan.empty and first.converged
-    assert (cache.dumped, cache.reused) == (3, 0)  # nothing to reuse yet
+    assert (first.dumped, first.reused) == (3, 0)  # nothing to reuse yet
     assert cache.snapshot is not None
 
     second = run_apply(r, cache)
     assert second.plan.empty and second.netlink_writes == 0
-    assert (cache.dumped, cache.reused) == (0, 3)
+    assert (second.dumped, second.reused) == (0, 3)
 
     sh("ip -n obs2 addr del 192.168.1.62/24 dev eth0")
     wait_for(lambda: any("obs2" in e and "deleted" in e for e in events), "the monitor to report the deletion")
     third = run_apply(r, cache)
-    assert (cache.dumped, cache.reused) == (1, 2)
+    assert (third.dumped, third.reused) == (1, 2)
     # the address, and the default route the kernel flushed with it: all in obs2
     assert ("create", "address") in [(a.op.value, a.kind.label) for a in third.plan.actions]
     assert {a.key[1] for a in third.plan.actions} == {"obs2"}
@@ -116,17 +135,17 @@ def test_unchanged_namespaces_are_reused_and_a_hand_made_change_is_dumped(watche
 def test_a_vouching_predicate_is_what_stands_between_reuse_and_a_stale_view(watched):
     """The same hand-made change, with a predicate that vouches for everything: the stale
     view is reused and the change goes unseen. This is why only the monitor may vouch, and
-    why the daemon's periodic resync observes everything afresh (snapshot=None)."""
+    why the daemon's periodic resync observes everything afresh (``DaemonMemory.forget``)."""
     r, monitor, _ = watched
-    cache = engine.ObservationCache(lambda name, view: True, held=monitor.held)
+    cache = remembering(Blind(monitor))
     assert run_apply(r, cache).plan.empty
     sh("ip -n obs3 addr del 192.168.1.63/24 dev eth0")
     blind = run_apply(r, cache)
-    assert blind.plan.empty and cache.reused == 3
+    assert blind.plan.empty and blind.reused == 3
     assert addrs("obs3") == []
-    cache.snapshot = None  # what a resync does
+    cache.forget()  # what a resync does
     fresh = run_apply(r, cache)
-    assert (cache.dumped, cache.reused) == (3, 0)
+    assert (fresh.dumped, fresh.reused) == (3, 0)
     assert ("create", "address") in [(a.op.value, a.kind.label) for a in fresh.plan.actions]
     assert {a.key[1] for a in fresh.plan.actions} == {"obs3"}
     assert addrs("obs3") == ["192.168.1.63/24"]
@@ -145,25 +164,35 @@ def recreate_with_the_same_inode(name: str, old, attempts: int = 20) -> None:
     raise AssertionError(f"the kernel never gave the new {name} the old namespace's inode {old}")
 
 
-def test_a_replaced_namespace_is_never_reused(watched):
+def test_a_replaced_namespace_is_never_reused(watched, monkeypatch):
     """Deleted and re-created under the same name by hand, with the very (dev, inode) the
     old namespace had -- what the kernel does when nothing holds the old one any more: a
     different namespace all the same (its netns cookie), dumped again even though the
     predicate vouches for everything. It carries no marker now, so the plan refuses to take
     it over; the reused view would have said "ours, nothing to do"."""
     r, monitor, _ = watched
-    cache = engine.ObservationCache(lambda name, view: True, held=monitor.held)
+    cache = remembering(Blind(monitor))
     assert run_apply(r, cache).plan.empty
-    assert run_apply(r, cache).plan.empty and cache.reused == 3  # identity proven: reused
+    again = run_apply(r, cache)
+    assert again.plan.empty and again.reused == 3  # identity proven: reused
     old = netns_identity("/run/netns/obs1")
     sh("ip netns del obs1")
     # the monitor's socket keeps the old namespace (and its inode) alive until its next poll
     # of /run/netns lets it go; from then on the inode can be handed on
     wait_for(lambda: "obs1" not in monitor.monitored(), "the monitor to let obs1 go")
     recreate_with_the_same_inode("obs1", old)
+    seen = []
+    real_observe = kobserve.observe
+
+    def observing(*a, **k):
+        seen.append(real_observe(*a, **k))
+        return seen[-1]
+
+    monkeypatch.setattr(kobserve, "observe", observing)
     with pytest.raises(PlanError, match="obs1"):
         run_apply(r, cache)
-    assert (cache.dumped, cache.reused) == (1, 2)  # the other two: still proven the same
+    assert (seen[0].dumped, seen[0].reused) == (1, 2)  # the other two: still proven the same
+    assert cache.snapshot is None  # the refused run left nothing to build on
     sh("ip netns del obs1")
     out = run_apply(r, cache)
     assert out.converged
@@ -206,7 +235,7 @@ def test_hosts_files_are_reused_while_unchanged_and_a_hand_edit_is_repaired(watc
     from reconciler.kernel import host as host_mod
 
     r, monitor, _ = watched
-    cache = engine.ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held)
+    cache = remembering(monitor)
     time.sleep(1.1)  # the fixture's apply wrote the files: let them settle
     assert run_apply(r, cache).plan.empty  # a full read: every stamp recorded
     assert sorted(cache.snapshot.hosts_stamps) == NAMES

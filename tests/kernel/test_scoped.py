@@ -1,7 +1,7 @@
 """The daemon's scoped reconcile on the real kernel (VM only): a random sequence of edits --
 containers added, removed, readdressed, moved between networks, aliased, lines moved, a
 network's mode changed, a parent coming and going, hand-made drift -- each reconciled the way
-the daemon does (netlink monitor, observation cache, ``daemon.scope.ScopedPlanner``), then
+the daemon does (netlink monitor, ``daemon.memory.DaemonMemory`` and its ScopedPlanner), then
 judged by the full path: a fresh observation of every namespace and a full ``plan_for``
 must find nothing to do and the same allocations. Lean: 20 steps here; the bench runs it
 longer (IPVLAN_SCOPED_STEPS, IPVLAN_SCOPED_SEED; bench/README.md)."""
@@ -14,8 +14,8 @@ import time
 from enginekit import Reconciler, sh
 
 from reconciler import engine
+from reconciler.daemon.memory import DaemonMemory
 from reconciler.daemon.nlmonitor import NetlinkMonitor
-from reconciler.daemon.scope import ScopedPlanner
 from reconciler.kernel.host import Kernel
 from reconciler.kernel.observe import observe
 from reconciler.errors import ManifestError
@@ -128,17 +128,16 @@ def test_scoped_reconciles_equal_full_ones_over_a_random_edit_sequence(tmp_path)
     mkernel = Kernel()
     monitor = NetlinkMonitor(mkernel, lambda src, detail: None, netns_poll=0.2)
     monitor.start()
-    planner = ScopedPlanner()
-    cache = engine.ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken), held=monitor.held,
-                                    changes=monitor.changes_since)  # the daemon's scoped first observation
+    memory = DaemonMemory()  # the daemon's: observations, compile memo, scoped planner
+    memory.attach(monitor)
+    planner = memory.scope
 
     def reconcile(full: bool, what: str):
         desired = load([r.dir])
-        planner.full = full
         if full:
-            cache.snapshot = None
+            memory.forget()
         with Kernel() as k:
-            out = engine.apply(desired, StateStore(r.state), k, cache=cache, planner=planner)
+            out = engine.apply(desired, StateStore(r.state), k, memory=memory.for_run())
         assert out.converged, (what, out.plan.actions, out.verify and out.verify.actions)
         monitor.set_namespaces(desired.containers.keys())
         deadline = time.monotonic() + 10

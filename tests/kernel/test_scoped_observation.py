@@ -1,5 +1,5 @@
 """The daemon's scoped first observation on the real kernel (VM only; issue 12): with the
-monitor's change log (``ObservationCache.changes``) a reconcile with nothing changed lists
+monitor's change log (``engine.Previous.changes``, asked by ``DaemonMemory``) a reconcile with nothing changed lists
 nothing, stats nothing, dumps nothing and opens no hosts file; a hosts file edited by hand is
 reported by inotify at once (a reconcile trigger) and repaired by the next run; a namespace
 replaced by hand (`ip netns del x; ip netns add x`, also with the very inode the old one had)
@@ -14,7 +14,9 @@ import pytest
 from enginekit import Reconciler, addrs, sh
 from test_observation import MANIFEST, NAMES, recreate_with_the_same_inode, wait_for
 
+import reconciler.kernel.observe as kobserve
 from reconciler import engine
+from reconciler.daemon.memory import DaemonMemory
 from reconciler.daemon.nlmonitor import NetlinkMonitor
 from reconciler.errors import PlanError
 from reconciler.kernel import host as host_mod
@@ -37,8 +39,8 @@ def daemonlike(tmp_path, monkeypatch):
     wait_for(lambda: monitor.monitored() == NAMES, "the monitor to watch every namespace")
     wait_for(lambda: monitor._hosts is not None and monitor._hosts.alive, "the hosts watch")
     time.sleep(1.1)  # dumps below start after the sockets opened; files and /run/netns settle
-    cache = engine.ObservationCache(lambda name, view: monitor.unchanged_since(name, view.taken),
-                                    held=monitor.held, changes=monitor.changes_since)
+    cache = DaemonMemory(scoped=False)  # the daemon's memory of observations, with the change log
+    cache.attach(monitor)
     # what this thread's observation reads (the monitor's thread lists and stats too)
     seen = {"listed": 0, "stats": [], "opened": []}
     main = threading.current_thread()
@@ -69,21 +71,22 @@ def daemonlike(tmp_path, monkeypatch):
         r.teardown()
 
 
-def run_apply(r: Reconciler, cache: engine.ObservationCache) -> engine.ApplyOutcome:
+def run_apply(r: Reconciler, memory: DaemonMemory) -> engine.ApplyOutcome:
     with Kernel() as k:
-        return engine.apply(load([r.dir]), StateStore(r.state), k, cache=cache)
+        return engine.apply(load([r.dir]), StateStore(r.state), k, memory=memory.for_run())
 
 
-def test_scoped_first_observation_reads_what_changed_and_finds_hand_edits(daemonlike):
+def test_scoped_first_observation_reads_what_changed_and_finds_hand_edits(daemonlike, monkeypatch):
     r, monitor, events, cache, seen = daemonlike
     assert run_apply(r, cache).plan.empty  # full (no snapshot yet)
-    assert run_apply(r, cache).plan.empty  # every namespace proven the monitor's once
-    assert cache.reused == 3
+    out = run_apply(r, cache)
+    assert out.plan.empty and out.reused == 3  # every namespace proven the monitor's once
     for v in seen.values():
         v.clear() if isinstance(v, list) else None
     seen["listed"] = 0
-    assert run_apply(r, cache).plan.empty
-    assert (cache.reused, cache.dumped) == (3, 0)
+    out = run_apply(r, cache)
+    assert out.plan.empty
+    assert (out.reused, out.dumped) == (3, 0)
     assert (seen["listed"], seen["stats"], seen["opened"]) == (0, [], [])
 
     # a hand edit of a hosts file, in place and of the same size: inotify reports it (a
@@ -111,15 +114,26 @@ def test_scoped_first_observation_reads_what_changed_and_finds_hand_edits(daemon
     wait_for(lambda: monitor.monitored() == NAMES, "the monitor to watch obs1 again")
     time.sleep(1.1)
     assert run_apply(r, cache).plan.empty
-    assert run_apply(r, cache).plan.empty and cache.reused == 3
+    out = run_apply(r, cache)
+    assert out.plan.empty and out.reused == 3
 
     # and replaced with the very inode the old one had, once the monitor let it go
     old = netns_identity("/run/netns/obs1")
     sh("ip netns del obs1")
     wait_for(lambda: "obs1" not in monitor.monitored(), "the monitor to let obs1 go")
     recreate_with_the_same_inode("obs1", old)
+    observed = []
+    real_observe = kobserve.observe
+
+    def observing(*a, **k):
+        observed.append(real_observe(*a, **k))
+        return observed[-1]
+
+    monkeypatch.setattr(kobserve, "observe", observing)
     with pytest.raises(PlanError, match="obs1"):
         run_apply(r, cache)
-    assert (cache.dumped, cache.reused) == (1, 2)
+    assert (observed[0].dumped, observed[0].reused) == (1, 2)
+    assert cache.snapshot is None  # the refused run left nothing to build on
+    monkeypatch.setattr(kobserve, "observe", real_observe)
     sh("ip netns del obs1")
     assert run_apply(r, cache).converged and addrs("obs1") == ["192.168.1.61/24"]

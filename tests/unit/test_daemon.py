@@ -1020,18 +1020,26 @@ def test_netlink_monitor_host_namespace_bgp_routes():
 
 
 def test_the_start_sighup_retries_and_the_resync_plan_everything_edits_and_drift_are_scoped(tmp_path, quiet_logs):
-    """The daemon hands its ScopedPlanner to every apply and tells it when to plan in full:
-    the full path stays the judge at the start, on SIGHUP, on a retry and at each resync."""
-    from reconciler.daemon.scope import ScopedPlanner
+    """The daemon hands its memory (with the ScopedPlanner) to every apply and tells it when
+    to plan in full: the full path stays the judge at the start, on SIGHUP, on a retry and at
+    each resync."""
+    import types
+
+    class Monitor:  # holds nothing: vouches for nothing
+        def monitored(self):
+            return []
 
     h = Harness(tmp_path, {"a.yaml": "c1"})
-    h.d.scope = ScopedPlanner()
+    h.d.memory.attach(Monitor())
     full = []
 
-    def apply(desired, store, kernel, rollback=True, lock_timeout=60, planner=None):
-        assert planner is h.d.scope
-        full.append(planner.full)
-        return Harness.apply(h, desired, store, kernel)
+    def apply(desired, store, kernel, rollback=True, lock_timeout=60, memory=None):
+        assert memory is h.d.memory and memory.planner is memory.scope is not None
+        full.append(memory.scope.full)
+        assert (memory.handover().snapshot is None) == memory.scope.full  # observed afresh too
+        out = Harness.apply(h, desired, store, kernel)
+        memory.keep(types.SimpleNamespace(snapshot=types.SimpleNamespace(namespaces={}), made={}))
+        return out
 
     h.d._apply = apply
     h.step("start")

@@ -1,10 +1,11 @@
 """engine.apply's steps on a simulated host (observe returns a HostState, execute applies the
 actions as a perfect kernel would, or fails one): the state directory is read once, written
 ahead of execution and written once at the end, only when that changes it; the daemon's
-cache keeps the observation verify made."""
+memory keeps the observation verify made."""
 from __future__ import annotations
 
 import ipaddress as ia
+import types
 
 import pytest
 
@@ -42,10 +43,15 @@ class Host:
                                                        addresses=(ia.ip_interface("192.168.1.250/24"),))})
         self.fail_kind = fail_kind
         self.observed = []  # (intents, previous snapshot) per observe
+        self.vouchers = []  # (still_valid, held) per observe
+        self.changes = []  # the change-log callable per observe (the daemon's, else None)
 
     def observe(self, kernel, intents=(), previous=None, still_valid=None, held=None, tables=(), made=None, changes=None):
         self.observed.append((tuple(intents), previous))
-        return kobserve.Observation(HostState(self.objects.values(), self.facts), object(), {"x": made}, 0, 0)
+        self.vouchers.append((still_valid, held))
+        self.changes.append(changes)
+        snap = types.SimpleNamespace(namespaces={})  # a kernel.host.Snapshot with no namespace
+        return kobserve.Observation(HostState(self.objects.values(), self.facts), snap, {"x": made}, 0, 0)
 
     def execute(self, actions, kernel, snap):
         r = ApplyResult()
@@ -137,11 +143,21 @@ def test_rollback_undoes_and_forgets_the_intents(tmp_path, monkeypatch):
     assert [i for i, _ in h.observed][1] != ()  # rollback observes with the intents of this run
 
 
-def test_the_cache_keeps_the_verify_observation(tmp_path, host):
-    cache = engine.ObservationCache(lambda name, view: True, held=lambda name: None)
+class QuietMonitor:
+    """A netlink monitor that holds nothing and so vouches for nothing."""
+
+    def monitored(self):
+        return []
+
+
+def test_the_memory_keeps_the_verify_observation(tmp_path, host):
+    from reconciler.daemon.memory import DaemonMemory
+
+    memory = DaemonMemory(scoped=False)
+    memory.attach(QuietMonitor())
     store = Store(str(tmp_path))
-    engine.apply(desired(), store, FakeKernel(), cache=cache)
-    first_verify = cache.snapshot
-    assert first_verify is not None and cache.made == {"x": None}
-    engine.apply(desired(), store, FakeKernel(), cache=cache)
+    engine.apply(desired(), store, FakeKernel(), memory=memory.for_run())
+    first_verify = memory.snapshot
+    assert first_verify is not None and memory.made == {"x": None}
+    engine.apply(desired(), store, FakeKernel(), memory=memory.for_run())
     assert host.observed[-1][1] is first_verify  # the next run starts from it
