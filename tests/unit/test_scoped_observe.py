@@ -478,3 +478,38 @@ def test_hosts_watch_sees_a_hand_edit_on_inotify(tmp_path):
     finally:
         w.stop()
     assert not HostsWatch(str(tmp_path / "missing"), lambda n, p: None).start()
+
+
+def test_newly_watched_namespaces_ask_for_a_reconcile_while_the_daemon_is_idle(monkeypatch):
+    """The last reconcile's dumps of namespaces the monitor starts watching predate their
+    sockets, so the next reconcile dumps them again: the monitor asks for it at once (after
+    the daemon's start: every namespace), so the next edit does not pay it. Nothing opened,
+    or opened without a cookie (nothing is ever vouched for then): no reconcile."""
+    told = []
+    mon = NetlinkMonitor(kernel=None, notify=lambda s, d: told.append((s, d)))
+    try:
+        present = {"a": (1, 1), "b": (1, 2), "c": (1, 3)}
+        monkeypatch.setattr(mon, "_list_netns", lambda: dict(present))
+        monkeypatch.setattr(mon, "_watch_hosts", lambda: None)
+        cookies = {"a": 11, "b": 12, "c": None}
+
+        def opening(name):
+            if name == "":
+                return None
+            m = NsMonitor(name, FakeMonSocket(), present[name], cookie=cookies[name])
+            mon._mons[name] = m
+            return m
+
+        monkeypatch.setattr(mon, "_open", opening)
+        mon._wanted = {"a", "b"}
+        mon._sync()
+        assert told == [("netns", "watching 2 more namespaces: their last dumps predate the watch")]
+        told.clear()
+        mon._sync()  # nothing new to watch: no reconcile asked (no loop)
+        assert told == []
+        mon._wanted = {"a", "b", "c"}
+        mon._sync()  # c has no cookie: its dumps are never reused, a reconcile would gain nothing
+        assert told == []
+    finally:
+        mon._mons.clear()
+        mon.stop()
