@@ -6,6 +6,7 @@ change, for a second change in the same tick of the file system's clock)."""
 from __future__ import annotations
 
 import os
+import time
 import types
 
 import pytest
@@ -92,3 +93,117 @@ def test_a_new_stamp_is_listed_at_once(monitor, tmp_path):
     clock.t += 1.0
     mon._poll_netns()
     assert events == [("netns", "/run/netns: removed c000")]
+
+
+# -- the reconcile and main threads sleep until something happens ----------------------------------
+import signal  # noqa: E402
+import threading  # noqa: E402
+
+from reconciler.daemon import watch  # noqa: E402
+from reconciler.daemon.triggers import TriggerQueue  # noqa: E402
+
+
+class _RecordingCondition(threading.Condition):
+    """Records each wait's timeout; closes the queue at the first, so get() returns."""
+
+    def __init__(self, queue):
+        super().__init__(threading.Lock())
+        self.queue = queue
+        self.timeouts = []
+
+    def wait(self, timeout=None):
+        self.timeouts.append(timeout)
+        self.queue._closed = True
+        return False
+
+
+def test_an_idle_trigger_queue_waits_for_a_producer_not_for_a_second():
+    """Before: get() woke once a second with nothing pending (the reconcile thread of an idle
+    daemon did, every second, for nothing)."""
+    q = TriggerQueue(debounce=0.5)
+    q._cond = _RecordingCondition(q)
+    assert q.get() is None
+    assert q._cond.timeouts == [None]
+
+
+def test_a_timer_far_away_is_waited_for_in_one_sleep():
+    q = TriggerQueue(debounce=0.5)
+    q.schedule("resync", time.monotonic() + 60)
+    q._cond = _RecordingCondition(q)
+    q.get()
+    assert len(q._cond.timeouts) == 1 and q._cond.timeouts[0] > 50
+
+
+def test_a_fake_clock_still_wakes_every_second():
+    """A fake (or jumping) clock cannot be slept on: the one-second cap stays for it."""
+    t = [0.0]
+    q = TriggerQueue(debounce=0.5, clock=lambda: t[0])
+    q._cond = _RecordingCondition(q)
+    q.get()
+    assert q._cond.timeouts == [1.0]
+
+
+def _daemon(tmp_path, monkeypatch):
+    from reconciler.daemon.sdnotify import Notifier
+
+    (tmp_path / "m").mkdir()
+    d = watch.Daemon([str(tmp_path / "m")], str(tmp_path / "state"), status_file=None,
+                     notifier=Notifier(environ={}), loader=lambda paths: None, apply_fn=None)
+    monkeypatch.setattr(d, "start_watchers", lambda: None)
+    monkeypatch.setattr(d, "handle", lambda batch: None)
+    return d
+
+
+@pytest.fixture
+def signal_mask():
+    """run() blocks SIGHUP/SIGTERM/SIGINT in the calling thread: restore the test's mask."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    assert not (signal.sigpending() & set(watch.SIGNALS))  # nothing left to deliver on unblocking
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def test_without_a_watchdog_the_main_thread_sleeps_until_a_signal(tmp_path, monkeypatch, signal_mask):
+    """Before: the main thread woke every second (sigtimedwait(1.0)) to look at the reconcile
+    thread; and the reconcile thread woke every second to refresh a heartbeat for it."""
+    d = _daemon(tmp_path, monkeypatch)
+    waits = []
+
+    def wait_signal(timeout):
+        waits.append(timeout)
+        return signal.SIGTERM
+
+    monkeypatch.setattr(watch, "wait_signal", wait_signal)
+    assert d.run() == 0
+    assert waits == [watch.IDLE_SIGNAL_WAIT] and watch.IDLE_SIGNAL_WAIT >= 600
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_reconcile_thread_that_ends_wakes_the_main_thread_which_exits_1(tmp_path, monkeypatch, signal_mask):
+    d = _daemon(tmp_path, monkeypatch)
+    woke = []
+    real = watch.wait_signal
+
+    def wait_signal(timeout):
+        woke.append(real(timeout))
+        return woke[-1]
+
+    def loop():
+        raise SystemExit  # what an Exception cannot do: loop() survives those
+
+    monkeypatch.setattr(watch, "wait_signal", wait_signal)
+    monkeypatch.setattr(d, "loop", loop)
+    assert d.run() == 1
+    assert woke == [signal.SIGTERM]  # the thread's own wake-up, not a timeout
+
+
+def test_the_watchdog_is_pinged_while_the_reconcile_thread_waits_not_while_it_is_stuck(tmp_path, monkeypatch):
+    d = _daemon(tmp_path, monkeypatch)
+    now = [5000.0]
+    d.clock = lambda: now[0]
+    assert not d.reconcile_stuck(wd=90)  # waiting for a batch for hours is not stuck
+    d.busy_since = now[0]
+    now[0] += 2 * 90 + d.lock_timeout - 1
+    assert not d.reconcile_stuck(wd=90)
+    now[0] += 2
+    assert d.reconcile_stuck(wd=90)
