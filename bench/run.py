@@ -552,13 +552,16 @@ def daemon_latency(args, work: str, n: int, errors: List[str]) -> dict:
     teardown(es, work, state)
     # the container to edit: one on a single L2 network with an automatic address
     target = None
+    by_ns: Dict[str, List[dict]] = {}
+    for e in es.endpoints:  # (a scan of every endpoint per address took minutes at 10,000 in the VM)
+        by_ns.setdefault(e["ns"], []).append(e)
     for a in es.addresses:
-        eps = [e for e in es.endpoints if e["ns"] == a["ns"]]
+        eps = by_ns.get(a["ns"], [])
         if len(eps) == 1 and eps[0]["mode"] == "l2" and ":" not in a["address"] and not eps[0]["parent"].startswith("di-"):
             target = a
     if target is None:
         raise BenchError("no container suitable for the edit test")
-    ns, network = target["ns"], [e for e in es.endpoints if e["ns"] == target["ns"]][0]["network"]
+    ns, network = target["ns"], by_ns[target["ns"]][0]["network"]
     prefix = target["address"].split("/")[1]
     base = target["address"].split("/")[0].rsplit(".", 2)[0]  # 10.X
     new_ips = [f"{base}.250.{i}" for i in (10, 11)]
