@@ -571,18 +571,28 @@ def daemon_latency(args, work: str, n: int, errors: List[str]) -> dict:
     t0 = time.perf_counter()
     # default debounce (0.5 s, part of the latency measured); no periodic resync during the
     # measurement; status file in the work directory
+    status_file = os.path.join(work, f"daemon-{n}.status")
     proc = subprocess.Popen([sys.executable, "-m", "reconciler", "watch", mdir, "--state-dir", state,
-                             "--resync-interval", "0", "--status-file", os.path.join(work, f"daemon-{n}.status")],
+                             "--resync-interval", "0", "--status-file", status_file],
                             cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
     try:
-        last_ns = sorted(es.netns)[-1]
-        deadline = time.monotonic() + 900
+        # converged = the daemon's status file says a reconcile converged. (Waiting for the
+        # last hosts file and 1 s without CPU was not enough at 10,000: a daemon waiting on
+        # the kernel mid-apply uses no CPU, and the bench went on with half a host.)
+        deadline = time.monotonic() + args.converge_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BenchError(f"the daemon exited with {proc.returncode}; see {logf.name}")
-            if os.path.exists(f"/run/netns/{ns}") and os.path.exists(f"/etc/netns/{last_ns}/hosts"):
-                break
-            time.sleep(0.1)
+            try:
+                with open(status_file) as f:
+                    if json.load(f).get("counts", {}).get("reconciles", {}).get("converged"):
+                        break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.5)
+        else:
+            raise BenchError(f"P4: the daemon did not converge {n} containers within {args.converge_timeout:.0f} s; "
+                             f"see {logf.name}")
         _wait_idle(proc.pid)
         initial = time.perf_counter() - t0
         probe = NsAddrProbe(ns)
@@ -771,6 +781,7 @@ def main(argv=None) -> int:
     ap.add_argument("--daemon-small-networks", type=int, default=0,
                     help="networks of the --daemon-small run (default: --networks)")
     ap.add_argument("--edits", type=int, default=5)
+    ap.add_argument("--converge-timeout", type=float, default=900, help="P4: the daemon's initial converge, at most")
     ap.add_argument("--idle-seconds", type=float, default=0, help="P5: after the edits, measure the daemon's idle CPU this long")
     ap.add_argument("--idle-profile", type=float, default=0,
                     help="P5: after the idle span, this long per-thread CPU (ticks and schedstat), then py-spy record")
