@@ -541,39 +541,58 @@ def _wait_idle(pid: int, quiet: float = 1.0, timeout: float = 1800.0) -> None:
 def daemon_latency(args, work: str, n: int, errors: List[str]) -> dict:
     mdir = os.path.join(work, f"daemon-{n}")
     state = os.path.join(work, f"daemon-{n}-state")
-    files = gen.write(mdir, n, args.networks)
+    networks = args.networks
+    if n == args.daemon_small and getattr(args, "daemon_small_networks", 0):
+        networks = args.daemon_small_networks
+    files = gen.write(mdir, n, networks)
     shutil.rmtree(state, ignore_errors=True)
     p, _ = ipvlanctl("plan", mdir, "--format", "json", "--state-dir", state)
     es = EndState(json.loads(p.stdout))
+    log(f"P4/P5 {n} containers on {networks} networks: {es.summary()}")
     teardown(es, work, state)
     # the container to edit: one on a single L2 network with an automatic address
     target = None
+    by_ns: Dict[str, List[dict]] = {}
+    for e in es.endpoints:  # (a scan of every endpoint per address took minutes at 10,000 in the VM)
+        by_ns.setdefault(e["ns"], []).append(e)
     for a in es.addresses:
-        eps = [e for e in es.endpoints if e["ns"] == a["ns"]]
+        eps = by_ns.get(a["ns"], [])
         if len(eps) == 1 and eps[0]["mode"] == "l2" and ":" not in a["address"] and not eps[0]["parent"].startswith("di-"):
             target = a
     if target is None:
         raise BenchError("no container suitable for the edit test")
-    ns, network = target["ns"], [e for e in es.endpoints if e["ns"] == target["ns"]][0]["network"]
+    ns, network = target["ns"], by_ns[target["ns"]][0]["network"]
     prefix = target["address"].split("/")[1]
     base = target["address"].split("/")[0].rsplit(".", 2)[0]  # 10.X
     new_ips = [f"{base}.250.{i}" for i in (10, 11)]
     logf = open(os.path.join(args.logdir or work, f"daemon-{n}.log"), "w")
+    lats: List[float] = []
+    idle_threads, noop = None, None
     t0 = time.perf_counter()
     # default debounce (0.5 s, part of the latency measured); no periodic resync during the
     # measurement; status file in the work directory
+    status_file = os.path.join(work, f"daemon-{n}.status")
     proc = subprocess.Popen([sys.executable, "-m", "reconciler", "watch", mdir, "--state-dir", state,
-                             "--resync-interval", "0", "--status-file", os.path.join(work, f"daemon-{n}.status")],
+                             "--resync-interval", "0", "--status-file", status_file],
                             cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
     try:
-        last_ns = sorted(es.netns)[-1]
-        deadline = time.monotonic() + 900
+        # converged = the daemon's status file says a reconcile converged. (Waiting for the
+        # last hosts file and 1 s without CPU was not enough at 10,000: a daemon waiting on
+        # the kernel mid-apply uses no CPU, and the bench went on with half a host.)
+        deadline = time.monotonic() + args.converge_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BenchError(f"the daemon exited with {proc.returncode}; see {logf.name}")
-            if os.path.exists(f"/run/netns/{ns}") and os.path.exists(f"/etc/netns/{last_ns}/hosts"):
-                break
-            time.sleep(0.1)
+            try:
+                with open(status_file) as f:
+                    if json.load(f).get("counts", {}).get("reconciles", {}).get("converged"):
+                        break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.5)
+        else:
+            raise BenchError(f"P4: the daemon did not converge {n} containers within {args.converge_timeout:.0f} s; "
+                             f"see {logf.name}")
         _wait_idle(proc.pid)
         initial = time.perf_counter() - t0
         probe = NsAddrProbe(ns)
@@ -581,7 +600,8 @@ def daemon_latency(args, work: str, n: int, errors: List[str]) -> dict:
             errors.append(f"P4: after the initial converge {ns} has {probe.addrs()}, expected {target['address']}")
         src = next(f for f in files if f"  {ns}:" in open(f).read())
         original = open(src).read()
-        lats = []
+        log(f"P4 {n}: initial converge {initial:.1f}s, daemon CPU {_cpu_ticks(proc.pid) / os.sysconf('SC_CLK_TCK'):.1f}s, "
+            f"VmHWM {_vm_hwm_kb(proc.pid)} kB")
         for k in range(args.edits):
             ip = new_ips[k % 2]
             want = [f"{ip}/{prefix}"]
@@ -609,6 +629,17 @@ def daemon_latency(args, work: str, n: int, errors: List[str]) -> dict:
             time.sleep(args.idle_seconds)
             idle_cpu = (_cpu_ticks(proc.pid) - c0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0i)
             log(f"P5 idle CPU at {n}: {100 * idle_cpu:.2f} % of one core over {args.idle_seconds:.0f} s")
+        if getattr(args, "idle_profile", 0) and n >= getattr(args, "idle_profile_min", 0):
+            # where the idle CPU goes: per thread, ticks and exact run time, then py-spy
+            import idleprof
+
+            names = idleprof.thread_names(proc.pid)
+            prof = idleprof.per_thread(proc.pid, args.idle_profile, names)
+            log(f"P5 idle per thread at {n}:\n" + idleprof.report(prof))
+            out = os.path.join(args.logdir or work, f"idle-{n}.raw")
+            prof["py_spy"] = idleprof.record(proc.pid, args.idle_profile, out)
+            log(f"py-spy record: {prof['py_spy']}")
+            idle_threads = prof
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -618,9 +649,33 @@ def daemon_latency(args, work: str, n: int, errors: List[str]) -> dict:
                 proc.kill()
                 proc.wait()
         logf.close()
-        teardown(es, work, state)
+        try:
+            if getattr(args, "noop_after", 0) and n >= getattr(args, "idle_profile_min", 0) and lats:
+                noop = noop_after_daemon(args, mdir, state, n)
+        finally:
+            teardown(es, work, state)
     return {"containers": n, "initial_converge_s": initial, "latencies_s": lats,
-            "median_s": statistics.median(lats), "vm_hwm_kb": hwm, "idle_cpu": idle_cpu}
+            "median_s": statistics.median(lats), "vm_hwm_kb": hwm, "idle_cpu": idle_cpu,
+            "idle_threads": idle_threads, "noop": noop}
+
+
+def noop_after_daemon(args, mdir: str, state: str, n: int) -> List[dict]:
+    """P2 on the host the daemon converged (and left as it is on SIGTERM): a no-op
+    `ipvlanctl apply` of the same manifests, wall time, CPU, phases and netlink writes."""
+    out = []
+    for _ in range(args.noop_after):
+        p, dt = ipvlanctl("apply", mdir, "--format", "json", "--state-dir", state, check_codes=None)
+        try:
+            o = json.loads(p.stdout)
+        except ValueError:
+            log(f"P2 after the daemon at {n}: apply exited {p.returncode}: {p.stderr[-2000:]}")
+            break
+        r = {"s": dt, "cpu_s": LAST_CPU[0], "engine_s": o["seconds"], "phases": o["phases"],
+             "writes": o["netlink_writes"], "changes": len(o["plan"]["changes"]), "rc": p.returncode}
+        log(f"P2 no-op apply at {n}: {dt:.2f}s wall, {r['cpu_s']:.2f}s CPU, engine {o['seconds']:.2f}s "
+            f"{ {k: round(v, 2) for k, v in o['phases'].items()} }, {r['writes']} writes, {r['changes']} changes")
+        out.append(r)
+    return out
 
 
 def p4_p5(args, work: str, results: dict, errors: List[str]) -> None:
@@ -723,8 +778,17 @@ def main(argv=None) -> int:
     ap.add_argument("--plan-repeats", type=int, default=3)
     ap.add_argument("--daemon-small", type=int, default=10)
     ap.add_argument("--daemon-big", type=int, default=0, help="P4/P5 size (default: --containers)")
+    ap.add_argument("--daemon-small-networks", type=int, default=0,
+                    help="networks of the --daemon-small run (default: --networks)")
     ap.add_argument("--edits", type=int, default=5)
+    ap.add_argument("--converge-timeout", type=float, default=900, help="P4: the daemon's initial converge, at most")
     ap.add_argument("--idle-seconds", type=float, default=0, help="P5: after the edits, measure the daemon's idle CPU this long")
+    ap.add_argument("--idle-profile", type=float, default=0,
+                    help="P5: after the idle span, this long per-thread CPU (ticks and schedstat), then py-spy record")
+    ap.add_argument("--idle-profile-min", type=int, default=0,
+                    help="--idle-profile and --noop-after only at this many containers or more")
+    ap.add_argument("--noop-after", type=int, default=0,
+                    help="P2 at the daemon's size: this many no-op `ipvlanctl apply` after the daemon stopped")
     ap.add_argument("--sample", type=int, default=20, help="namespaces also compared with `ip -j`")
     ap.add_argument("--work", help="work directory (default: a temporary one)")
     ap.add_argument("--logdir", help="where the daemon logs go (default: the work directory)")

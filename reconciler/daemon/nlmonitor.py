@@ -98,7 +98,10 @@ NAMES = {
 }
 
 HOST = ""  # key of the host namespace's socket
-FULL_SCAN_EVERY = 10  # /run/netns polls: stat every entry at least this often
+# /run/netns's mtime is as coarse as the kernel's clock tick (a second on some file systems):
+# a second change in the same tick leaves the stamp as it was, so a stamp is trusted only
+# once a listing was taken at least this long after the stamp was first read
+STAMP_GRANULARITY = 1.0
 LOG_KEEP = 4096  # change-log entries kept before those the last caller has seen are dropped
 
 
@@ -269,8 +272,9 @@ class NetlinkMonitor:
         self._poller = select.epoll()
         self._poller.register(self._wake_r, select.EPOLLIN)
         self._by_fd: Dict[int, NsMonitor] = {}
-        self._dir_stamp: Optional[Tuple[int, int]] = None
-        self._netns_polls = 0
+        self._dir_stamp: Optional[Tuple[int, int, int]] = None
+        self._stamp_since = 0.0  # time.monotonic() when _dir_stamp was first read
+        self._stamp_settled = False  # listed STAMP_GRANULARITY after that: see _poll_netns
         self.thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
         self._no_cookie_logged = False
         # the change log (changes_since), under _lock: one counter for namespaces, /run/netns
@@ -597,23 +601,31 @@ class NetlinkMonitor:
     def _list_netns(self) -> Dict[str, Optional[Tuple[int, int]]]:
         return {n: netns_identity(self.kernel.ns_path(n)) for n in self.kernel.list_netns()}
 
-    def _netns_dir_stamp(self) -> Optional[Tuple[int, int]]:
+    def _netns_dir_stamp(self) -> Optional[Tuple[int, int, int]]:
         try:
             st = os.stat(self.kernel.netns_dir)
         except OSError:
             return None
-        return st.st_ino, st.st_mtime_ns
+        return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
 
     def _poll_netns(self) -> None:
         """Compare /run/netns with what we saw. Adding, removing or replacing an entry
-        (ip netns add/del) changes the directory's mtime, so while it stays the same the
-        thousand stat() calls are skipped -- except every FULL_SCAN_EVERY-th poll, in case two
-        changes fell into one tick of the filesystem's clock."""
-        self._netns_polls += 1
+        (ip netns add/del) changes the directory's mtime and ctime, so while its stamp stays
+        the same the listing and the thousands of stat() calls are skipped. A second change in
+        the same tick of the file system's clock leaves the stamp as the first one set it, so
+        a new stamp is listed again at each poll until one listing was taken at least
+        STAMP_GRANULARITY after the stamp was first read (any later change gets a later
+        mtime). Before, every entry was listed and stat()ed every tenth poll regardless.
+        Changes that leave the directory alone (a mount over an existing entry) are the
+        periodic resync's to find."""
         stamp = self._netns_dir_stamp()
-        if stamp is not None and stamp == self._dir_stamp and self._netns_polls % FULL_SCAN_EVERY:
-            return
-        self._dir_stamp = stamp
+        now_mono = time.monotonic()
+        if stamp is not None and stamp == self._dir_stamp:
+            if self._stamp_settled:
+                return
+            self._stamp_settled = now_mono - self._stamp_since >= STAMP_GRANULARITY
+        else:
+            self._dir_stamp, self._stamp_since, self._stamp_settled = stamp, now_mono, False
         now = self._list_netns()
         if now == self._seen:
             return

@@ -154,8 +154,13 @@ class TriggerQueue:
                 wait_until = due if limit is None else (limit if due is None else min(due, limit))
                 if limit is not None and now >= limit:
                     return None
-                # wake up at least once a second: the clock may be a fake, or may jump
-                self._cond.wait(timeout=1.0 if wait_until is None else min(max(wait_until - now, 0.0), 1.0))
+                if self.clock is time.monotonic:
+                    # the real clock: sleep until the batch is due or a producer notifies (an
+                    # idle daemon's reconcile thread used to wake once a second for nothing)
+                    self._cond.wait(timeout=None if wait_until is None else max(wait_until - now, 0.0))
+                else:
+                    # wake up at least once a second: the clock may be a fake, or may jump
+                    self._cond.wait(timeout=1.0 if wait_until is None else min(max(wait_until - now, 0.0), 1.0))
             return None
 
 

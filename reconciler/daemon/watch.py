@@ -56,6 +56,7 @@ from .triggers import Backoff, Batch, TriggerQueue
 
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 DRIFT_SOURCES = ("netlink", "netns")
+IDLE_SIGNAL_WAIT = 3600.0  # the main thread's wait without a systemd watchdog: signals wake it
 # si_code of a signal someone sent: kill(), sigqueue(), tkill(), the kernel (e.g. a tty hangup)
 _SENT = (0, -1, -6, 0x80)
 
@@ -146,7 +147,8 @@ class Daemon:
         self.last_missing: List[str] = []
         self.last_writing: List[str] = []
         self.ready_sent = False
-        self.heartbeat = clock()
+        self.busy_since: Optional[float] = None  # clock() when the reconcile thread took its batch
+        self.loop_ended = False  # the reconcile thread ended while the queue was open (a bug)
         self.watcher = None
         self.monitor = None
         self.monitor_kernel = None
@@ -309,12 +311,14 @@ class Daemon:
     # the reconcile thread --------------------------------------------------------------------
     def loop(self) -> None:
         while True:
-            batch = self.triggers.get(timeout=1.0)
-            self.heartbeat = self.clock()
+            # no timeout: an idle daemon's threads sleep until something happens (the main
+            # thread tells a stuck reconcile by busy_since, not by a heartbeat every second)
+            batch = self.triggers.get()
             if batch is None:
                 if self.triggers.closed:
                     return
                 continue
+            self.busy_since = self.clock()
             try:
                 self.handle(batch)
             except Exception as e:  # a bug in the daemon itself: log it, keep running
@@ -322,7 +326,8 @@ class Daemon:
                 self.metrics.error(BUG)
                 self.status.record_error(BUG, f"internal error: {e}")
                 self.schedule_retry()
-            self.heartbeat = self.clock()
+            finally:
+                self.busy_since = None
             if not self.ready_sent:
                 self.ready_sent = True
                 self.notifier.ready(self.status_line())
@@ -592,6 +597,20 @@ class Daemon:
             except Exception as e:
                 logs.warning(f"stopping the {name} failed", error=str(e))
 
+    def reconcile_stuck(self, wd: float) -> bool:
+        """The reconcile thread has been on one batch longer than a reconcile may take (a
+        stuck netlink call or lock); waiting for the next batch is not being stuck."""
+        busy = self.busy_since
+        return busy is not None and self.clock() - busy >= 2 * wd + self.lock_timeout
+
+    def _reconcile_thread(self) -> None:
+        try:
+            self.loop()
+        finally:
+            if not self.triggers.closed:  # ended by a bug: wake the main thread to exit
+                self.loop_ended = True
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # before any thread starts
         logs.info(
@@ -609,29 +628,31 @@ class Daemon:
             raise
         self.status.phase = "running"
         self.triggers.put("start", "daemon started", immediate=True)
-        self.thread = threading.Thread(target=self.loop, name="reconcile", daemon=True)
+        self.thread = threading.Thread(target=self._reconcile_thread, name="reconcile", daemon=True)
         self.thread.start()
         wd = self.notifier.watchdog_interval
         next_ping = self.clock()
         code = 0
         try:
             while True:
-                timeout = 1.0 if wd is None else max(0.05, min(1.0, next_ping - self.clock()))
+                # no watchdog: sleep until a signal (a reconcile thread that ends sends one);
+                # it used to wake once a second to look
+                timeout = IDLE_SIGNAL_WAIT if wd is None else max(0.05, next_ping - self.clock())
                 signo = wait_signal(timeout)
+                if self.loop_ended or not self.thread.is_alive():
+                    logs.error("the reconcile thread ended unexpectedly; exiting")
+                    code = 1
+                    break
                 if signo is not None:
                     if signo == signal.SIGHUP:
                         self.triggers.put("hup", "SIGHUP", immediate=True)
                     else:
                         logs.info(f"{signal.Signals(signo).name}: stopping; the network stays as it is")
                         break
-                if not self.thread.is_alive():
-                    logs.error("the reconcile thread ended unexpectedly; exiting")
-                    code = 1
-                    break
                 if wd is not None and self.clock() >= next_ping:
                     # ping only while the reconcile thread makes progress (a stuck
                     # netlink call or lock stops the pings and systemd restarts us)
-                    if self.clock() - self.heartbeat < 2 * wd + self.lock_timeout:
+                    if not self.reconcile_stuck(wd):
                         self.notifier.watchdog()
                     next_ping = self.clock() + wd
         finally:

@@ -231,8 +231,27 @@ def same_namespace(view: NsView, now: Optional[Tuple[int, int]], stat_time: floa
     return held is not None and held.cookie == view.cookie and held.identity == now and held.since < stat_time
 
 
+NR_OPEN = "/proc/sys/fs/nr_open"
+
+
 def _raise_nofile() -> None:
+    """As many open files as the kernel allows: one socket per namespace, and the daemon
+    holds a monitor socket in each namespace besides a reconcile's own (2N at N containers).
+    The hard limit too, when we may (root): a hard limit of 4,096 (the kernel's default
+    outside systemd; the test VM has it) or 20,000 ran the daemon at 10,000 containers out
+    of descriptors, every reconcile failing with EMFILE."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open(NR_OPEN) as f:
+            ceiling = int(f.read())
+    except (OSError, ValueError):
+        ceiling = 1 << 20
+    if hard != resource.RLIM_INFINITY and hard < ceiling:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, ceiling))
+            return
+        except (ValueError, OSError):  # not root (no CAP_SYS_RESOURCE): the soft limit only
+            pass
     want = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft < want:
         try:
