@@ -164,6 +164,20 @@ def recreate_with_the_same_inode(name: str, old, attempts: int = 20) -> None:
     raise AssertionError(f"the kernel never gave the new {name} the old namespace's inode {old}")
 
 
+def recording_observations(monkeypatch) -> list:
+    """Every ``kernel.observe.observe`` result from now on, in order (a run that raises
+    returns no outcome to read its counts from)."""
+    seen = []
+    real_observe = kobserve.observe
+
+    def observing(*a, **k):
+        seen.append(real_observe(*a, **k))
+        return seen[-1]
+
+    monkeypatch.setattr(kobserve, "observe", observing)
+    return seen
+
+
 def test_a_replaced_namespace_is_never_reused(watched, monkeypatch):
     """Deleted and re-created under the same name by hand, with the very (dev, inode) the
     old namespace had -- what the kernel does when nothing holds the old one any more: a
@@ -181,14 +195,7 @@ def test_a_replaced_namespace_is_never_reused(watched, monkeypatch):
     # of /run/netns lets it go; from then on the inode can be handed on
     wait_for(lambda: "obs1" not in monitor.monitored(), "the monitor to let obs1 go")
     recreate_with_the_same_inode("obs1", old)
-    seen = []
-    real_observe = kobserve.observe
-
-    def observing(*a, **k):
-        seen.append(real_observe(*a, **k))
-        return seen[-1]
-
-    monkeypatch.setattr(kobserve, "observe", observing)
+    seen = recording_observations(monkeypatch)
     with pytest.raises(PlanError, match="obs1"):
         run_apply(r, cache)
     assert (seen[0].dumped, seen[0].reused) == (1, 2)  # the other two: still proven the same

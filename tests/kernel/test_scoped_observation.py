@@ -12,9 +12,8 @@ import time
 import pytest
 
 from enginekit import Reconciler, addrs, sh
-from test_observation import MANIFEST, NAMES, recreate_with_the_same_inode, wait_for
+from test_observation import MANIFEST, NAMES, recording_observations, recreate_with_the_same_inode, wait_for
 
-import reconciler.kernel.observe as kobserve
 from reconciler import engine
 from reconciler.daemon.memory import DaemonMemory
 from reconciler.daemon.nlmonitor import NetlinkMonitor
@@ -122,18 +121,10 @@ def test_scoped_first_observation_reads_what_changed_and_finds_hand_edits(daemon
     sh("ip netns del obs1")
     wait_for(lambda: "obs1" not in monitor.monitored(), "the monitor to let obs1 go")
     recreate_with_the_same_inode("obs1", old)
-    observed = []
-    real_observe = kobserve.observe
-
-    def observing(*a, **k):
-        observed.append(real_observe(*a, **k))
-        return observed[-1]
-
-    monkeypatch.setattr(kobserve, "observe", observing)
+    observed = recording_observations(monkeypatch)
     with pytest.raises(PlanError, match="obs1"):
         run_apply(r, cache)
     assert (observed[0].dumped, observed[0].reused) == (1, 2)
     assert cache.snapshot is None  # the refused run left nothing to build on
-    monkeypatch.setattr(kobserve, "observe", real_observe)
     sh("ip netns del obs1")
     assert run_apply(r, cache).converged and addrs("obs1") == ["192.168.1.61/24"]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import types
 
-import pytest
-
 import reconciler.compile as kcompile
 import reconciler.kernel.apply as kapply
 import reconciler.kernel.observe as kobserve
@@ -16,15 +14,7 @@ from reconciler.daemon.memory import DaemonMemory, vouch
 from reconciler.kernel.host import HeldNs
 from reconciler.objects import Kind
 
-from test_engine_steps import FakeKernel, Host, Store, desired
-
-
-@pytest.fixture
-def host(monkeypatch):
-    h = Host()
-    monkeypatch.setattr(kobserve, "observe", h.observe)
-    monkeypatch.setattr(kapply, "execute", h.execute)
-    return h
+from test_engine_steps import FakeKernel, Host, Store, desired, host  # noqa: F401 (host: a fixture)
 
 
 class Monitor:
