@@ -128,7 +128,7 @@ class DaemonMemory:
         # the monitor's change log, when it keeps one (``changes_since``: what changed since
         # the snapshot's mark), asked first: anything logged after this answer is the next's
         ask = getattr(self.monitor, "changes_since", None) if self.scoped_observe else None
-        changes = ask(getattr(snap, "mark", None) if snap is not None else None) if ask is not None else None
+        changes = ask(snap.mark if snap is not None else None) if ask is not None else None
         carried = self._vouched if snap is not None else None
         if carried is not None and changes is not None and changes.namespaces is not None:
             # proportional to the change: the word given last time still holds for a namespace

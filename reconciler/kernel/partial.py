@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Dict, Iterable, Sequence
 
 from ..objects import Key
-from .host import Kernel, NsView, Snapshot, netns_identity, read_hosts_files  # noqa: F401
+from .host import Kernel, NsView, Snapshot, netns_identity, read_hosts_files
 from .observe import dump_namespaces, ours_predicate
 
 

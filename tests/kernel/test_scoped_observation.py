@@ -1,5 +1,5 @@
 """The daemon's scoped first observation on the real kernel (VM only; issue 12): with the
-monitor's change log (``engine.Previous.changes``, asked by ``DaemonMemory``) a reconcile with nothing changed lists
+monitor's change log (``engine.Previous.changes``, asked by the daemon's memory) a reconcile with nothing changed lists
 nothing, stats nothing, dumps nothing and opens no hosts file; a hosts file edited by hand is
 reported by inotify at once (a reconcile trigger) and repaired by the next run; a namespace
 replaced by hand (`ip netns del x; ip netns add x`, also with the very inode the old one had)
@@ -12,17 +12,21 @@ import time
 import pytest
 
 from enginekit import Reconciler, addrs, sh
-from test_observation import MANIFEST, NAMES, recording_observations, recreate_with_the_same_inode, wait_for
+from test_observation import (
+    MANIFEST,
+    NAMES,
+    recording_observations,
+    recreate_with_the_same_inode,
+    remembering,
+    run_apply,
+    wait_for,
+)
 
-from reconciler import engine
-from reconciler.daemon.memory import DaemonMemory
 from reconciler.daemon.nlmonitor import NetlinkMonitor
 from reconciler.errors import PlanError
 from reconciler.kernel import host as host_mod
 from reconciler.kernel import observe as obs_mod
 from reconciler.kernel.host import Kernel, netns_identity
-from reconciler.manifest import load
-from reconciler.statedir import StateStore
 
 
 @pytest.fixture
@@ -38,8 +42,7 @@ def daemonlike(tmp_path, monkeypatch):
     wait_for(lambda: monitor.monitored() == NAMES, "the monitor to watch every namespace")
     wait_for(lambda: monitor._hosts is not None and monitor._hosts.alive, "the hosts watch")
     time.sleep(1.1)  # dumps below start after the sockets opened; files and /run/netns settle
-    cache = DaemonMemory(scoped=False)  # the daemon's memory of observations, with the change log
-    cache.attach(monitor)
+    cache = remembering(monitor)  # the daemon's memory of observations, with the change log
     # what this thread's observation reads (the monitor's thread lists and stats too)
     seen = {"listed": 0, "stats": [], "opened": []}
     main = threading.current_thread()
@@ -68,11 +71,6 @@ def daemonlike(tmp_path, monkeypatch):
         monitor.stop()
         mkernel.close()
         r.teardown()
-
-
-def run_apply(r: Reconciler, memory: DaemonMemory) -> engine.ApplyOutcome:
-    with Kernel() as k:
-        return engine.apply(load([r.dir]), StateStore(r.state), k, memory=memory.for_run())
 
 
 def test_scoped_first_observation_reads_what_changed_and_finds_hand_edits(daemonlike, monkeypatch):
